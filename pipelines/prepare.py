@@ -1,0 +1,51 @@
+"""Build the embedded default's artefacts if they are missing: the tiny test model, SmolLM2-135M-Instruct as an HF
+folder, and (once the retrieval issue lands) the corpus index. Safe to rerun: finished artefacts are kept.
+
+    python pipelines/prepare.py [--only tiny smollm2] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = {
+    "tiny": ROOT / "artifacts/models/tiny",
+    "smollm2": ROOT / "artifacts/models/smollm2-135m-instruct",
+}
+
+
+def build(name: str, target: Path) -> None:
+    from medr3.offline_models import build_tiny_model, convert_smollm2
+
+    if name == "tiny":
+        build_tiny_model(target, ROOT / "data/corpus", seed=0)
+    elif name == "smollm2":
+        convert_smollm2(target, dtype="float32")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=sorted(ARTIFACTS), help="Build only these artefacts.")
+    parser.add_argument("--force", action="store_true", help="Rebuild even if present.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in args.only or list(ARTIFACTS):
+        target = ARTIFACTS[name]
+        if (target / "config.json").is_file() and not args.force:
+            print(f"[prepare] {name}: present at {target.relative_to(ROOT)}")
+            continue
+        start = time.perf_counter()
+        build(name, target)
+        print(f"[prepare] {name}: built {target.relative_to(ROOT)} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
