@@ -54,3 +54,22 @@ def ray_cluster():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_model_dir):
+    """configs/tiny.yaml pointed at the session's tiny model."""
+    from medr3.config import load_config
+
+    return load_config(ROOT / "configs/tiny.yaml", [f"model.path={tiny_model_dir}"])
+
+
+@pytest.fixture(scope="session")
+def tiny_pool(ray_cluster, tiny_config):
+    """One GeneratorWorker (vLLM on the tiny model) shared by the whole session."""
+    from actors.generator import GeneratorPool
+
+    pool = GeneratorPool(tiny_config)
+    pool.wait_ready()
+    yield pool
+    pool.shutdown()

