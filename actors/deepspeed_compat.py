@@ -1,0 +1,86 @@
+"""Every DeepSpeed-version-specific call the project makes, in one place (checked against DeepSpeed 0.19).
+
+DeepSpeed is imported inside functions so that importing the project does not pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def init_distributed(backend: str, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0" if backend == "gloo" else os.environ.get("LOCAL_RANK", "0"),
+    )
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def ds_config(zero_stage: int, bf16: bool, grad_clip: float) -> dict:
+    """One micro-batch per backward: the learner accumulates variable-size micro-batches itself and marks the
+    accumulation boundary explicitly."""
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,  # a plain torch AdamW avoids DeepSpeed's JIT-built fused Adam
+        "steps_per_print": 10**9,
+    }
+
+
+def initialize(model, optimizer, scheduler, config: dict):
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    return engine
+
+
+def backward(engine, loss: torch.Tensor, boundary: bool) -> None:
+    """Backward of one micro-batch; gradients are reduced across ranks only at the boundary."""
+    engine.set_gradient_accumulation_boundary(boundary)
+    engine.backward(loss, scale_wrt_gas=False)
+
+
+def step(engine) -> float:
+    """Optimizer step (with gradient clipping); returns the global gradient norm before clipping."""
+    engine.step()
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else 0.0
+
+
+def full_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor] | None:
+    """The full weights on rank 0 (None elsewhere). Under ZeRO-3 every rank must call this (it gathers)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    module = engine.module
+    if zero_stage < 3:
+        return _cpu_copy(module.state_dict()) if dist.get_rank() == 0 else None
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        return _cpu_copy(module.state_dict()) if dist.get_rank() == 0 else None
+
+
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(engine, folder: str, client_state: dict) -> None:
+    engine.save_checkpoint(folder, tag="state", client_state=client_state, save_latest=False)
+
+
+def load_checkpoint(engine, folder: str) -> dict:
+    _, client_state = engine.load_checkpoint(
+        folder, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if client_state is None:
+        raise FileNotFoundError(f"{folder}: no DeepSpeed checkpoint 'state' to load")
+    return client_state

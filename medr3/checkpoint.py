@@ -1,0 +1,61 @@
+"""Atomic, pruned checkpoint folders: `<root>/step-000042/` with `meta.json` written last.
+
+A checkpoint is written into a hidden temporary folder and renamed into place only when complete, so a crash mid-save
+leaves the previous checkpoint intact and the half-written one invisible (and cleaned up on the next save).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+META = "meta.json"
+
+
+class CheckpointDir:
+    def __init__(self, root: str | Path, keep: int = 2):
+        self.root = Path(root)
+        self.keep = keep
+
+    def begin(self) -> Path:
+        """A fresh temporary folder to write a checkpoint into; stale ones from crashed saves are removed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+
+    def commit(self, tmp: Path, step: int, meta: dict) -> Path:
+        """Write `meta.json` into `tmp`, rename it to `step-<step>`, prune to the last `keep`."""
+        with open(tmp / META, "w", encoding="utf-8") as f:
+            json.dump({"step": step, **meta}, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        final = self.root / f"step-{step:06d}"
+        if final.exists():  # a rerun of the same step replaces it; the old one goes only after the new one is whole
+            old = final.with_name(f".old-{final.name}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        self._prune()
+        return final
+
+    def all(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob("step-*") if (p / META).is_file())
+
+    def latest(self) -> tuple[Path, dict] | None:
+        done = self.all()
+        if not done:
+            return None
+        return done[-1], json.loads((done[-1] / META).read_text(encoding="utf-8"))
+
+    def _prune(self) -> None:
+        for old in self.all()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
