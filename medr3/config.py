@@ -7,6 +7,7 @@ code release's where one exists (DESIGN §2); ``configs/default.yaml`` overrides
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +31,8 @@ class RunConfig(_Section):
     output_dir: str = Field("runs/default", description="Checkpoints, metrics.jsonl, TensorBoard events, the report.")
     seed: int = Field(0, description="Seeds data order, sampling and model init.")
     resume: bool = Field(True, description="Continue from the last checkpoint in output_dir if there is one.")
+    checkpoint_every: int = Field(1, ge=1, description="Steps between checkpoints (a stage's last step always saves).")
+    keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
 
 
 class ModelConfig(_Section):
@@ -107,6 +110,15 @@ class RetrieverConfig(Resources):
     chunk_words: int = Field(200, ge=16, description="Indexer: passages longer than this are split into chunks.")
     chunk_overlap: int = Field(32, ge=0)
     batch_size: int = Field(256, ge=1, description="Indexer: chunks embedded and upserted per batch.")
+    embed_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Encoder dtype for indexing and queries; auto = bfloat16 on CPUs with native bf16."
+    )
+    embed_max_tokens: int = Field(
+        128,
+        ge=8,
+        description="Indexer: the dense arm embeds the first N word pieces of a chunk (title first); BM25 indexes "
+        "all of it. 128 keeps the CPU build of the bundled corpus to minutes (MiniLM's own limit is 256).",
+    )
     max_concurrency: int = Field(4, ge=1, description="Concurrent batch_search calls one SearchActor serves.")
 
     @model_validator(mode="after")
@@ -277,6 +289,53 @@ class StagesConfig(_Section):
         return [(name, getattr(self, name)) for name in STAGE_NAMES]
 
 
+class ServeConfig(_Section):
+    """The Ray Serve endpoint (`serve/app.py`): where it listens, who may call it, request limits, replicas.
+
+    Generation settings (max_model_len, KV cache, dtype) come from `generator`, retrieval from `retriever`, so a
+    model is served exactly as it was trained.
+    """
+
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds (`python -m serve.app`, the bench).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    api_key_env: str = Field(
+        "MEDR3_API_KEY",
+        description="Environment variable holding the API key; unset or empty = no key check, which is refused "
+        "unless the proxy binds a loopback address.",
+    )
+    model_name: str = Field("medr3", description="The model name clients send and /v1/models lists.")
+    checkpoint: str | None = Field(
+        None, description="HF folder to serve (e.g. a run's checkpoints/step-N/hf); default: model.path."
+    )
+    replicas: int = Field(1, ge=1, description="Engine replicas when autoscaling is off.")
+    autoscaling: bool = Field(False, description="Scale replicas between min_replicas and max_replicas by load.")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(32.0, gt=0, description="Autoscaling: in-flight requests per replica.")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs one engine replica reserves (fractional on small machines).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs one engine replica reserves.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests one replica takes at once; more queue.")
+    max_prompt_chars: int = Field(16000, ge=1, description="Limit on a prompt (all messages, or question + options).")
+    max_tokens: int = Field(
+        1024, ge=1, description="Limit of a chat request's max_tokens; the response budget of /v1/answer."
+    )
+    max_n: int = Field(4, ge=1, description="Limit of a chat request's n.")
+    max_searches: int = Field(4, ge=0, description="Default and limit of searches per response (the release: 4).")
+    top_k: int = Field(5, ge=1, le=100, description="Documents inserted per search (the release: 5).")
+    temperature: float = Field(0.6, ge=0, description="/v1/answer sampling (the release's evaluation: 0.6).")
+    top_p: float = Field(0.9, gt=0, le=1, description="/v1/answer nucleus sampling (the release's evaluation: 0.9).")
+    batch_size: int = Field(16, ge=1, description="/v1/answer: concurrent requests run as one rollout batch.")
+    batch_wait_s: float = Field(0.02, ge=0, description="/v1/answer: how long a batch waits to fill.")
+    snippet_chars: int = Field(300, ge=16, description="/v1/answer: characters of each document's snippet.")
+    retrieval: bool = Field(True, description="Serve <search> calls from the retriever's index (false: no search).")
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> ServeConfig:
+        if self.autoscaling and self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
+        return self
+
+
 class Config(_Section):
     """A whole Med-R³ run."""
 
@@ -289,6 +348,7 @@ class Config(_Section):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     stages: StagesConfig
 
     @model_validator(mode="after")
@@ -324,7 +384,43 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except ValidationError as err:
         raise ConfigError(_describe(err, path)) from None
     _check_reward_terms(config, path)
+    resolve_paths(config, Path(os.environ.get("MEDR3_ROOT") or Path.cwd()))
     return config
+
+
+def resolve_paths(config: Config, base: Path) -> None:
+    """Make every relative path absolute against `base` (MEDR3_ROOT, else the working directory), so actors whose
+    working directory differs from the driver's, and `ray job submit` jobs whose upload excludes artefacts, find
+    the same files."""
+
+    def fix(value: str | None) -> str | None:
+        return value if value is None or Path(value).is_absolute() else str((base / value).resolve())
+
+    config.run.output_dir = fix(config.run.output_dir)
+    config.model.path, config.model.tokenizer = fix(config.model.path), fix(config.model.tokenizer)
+    config.data.corpus = fix(config.data.corpus)
+    config.retriever.index_path = fix(config.retriever.index_path)
+    for encoder in (config.retriever, config.reward):
+        if encoder.embedder != "minilm":
+            encoder.embedder = fix(encoder.embedder)
+    specs = list(config.data.eval) + [spec for _, stage in config.stages.ordered() for spec in stage.train]
+    for spec in specs:
+        spec.path = fix(spec.path)
+
+
+def missing_paths(config: Config) -> list[str]:
+    """`key: path` for every input the run needs that is not there (checked before any actor starts)."""
+    needs = [("model.path", Path(config.model.path) / "config.json"), ("data.corpus", Path(config.data.corpus))]
+    if config.model.tokenizer:
+        needs.append(("model.tokenizer", Path(config.model.tokenizer)))
+    for name, stage in config.stages.ordered():
+        needs += [(f"stages.{name}.train[{i}].path", Path(s.path)) for i, s in enumerate(stage.train)]
+    if (
+        any(stage.retrieval and stage.steps for _, stage in config.stages.ordered())
+        and config.retriever.backend != "server"
+    ):
+        needs.append(("retriever.index_path", Path(config.retriever.index_path)))
+    return [f"{key}: {path} does not exist" for key, path in needs if not path.exists()]
 
 
 def _apply_override(raw: dict, item: str, path: Path) -> None:

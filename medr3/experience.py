@@ -1,0 +1,70 @@
+"""From trajectories to what the learner trains on: reward inputs, group advantages, train samples, rollout metrics.
+
+Rewards and advantages are computed once, on the driver's data (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from medr3.config import Config, StageConfig
+from medr3.grpo import compute_advantages
+from medr3.packing import TrainSample
+from medr3.protocol import check_format, extract_answer, parse
+from medr3.rewards.inputs import RewardInput
+from medr3.rollout import Trajectory
+
+
+def reward_inputs(trajs: Sequence[Trajectory], stage: StageConfig, config: Config) -> list[RewardInput]:
+    return [
+        RewardInput(
+            question=t.question,
+            response=t.text,
+            searches=t.searches,
+            self_document=t.self_document,
+            search_allowed=stage.retrieval,
+            require_search=stage.require_search,
+            response_tokens=len(t.response_ids),
+            max_response_tokens=config.grpo.max_response_tokens,
+            overlong_buffer=config.grpo.overlong_buffer,
+            finish_reason=t.finish_reason,
+        )
+        for t in trajs
+    ]
+
+
+def advantages(totals: Sequence[float], n: int, estimator: str, eps: float) -> list[float]:
+    """One advantage per trajectory; trajectories come grouped by question, `n` per group."""
+    rewards = torch.tensor(totals, dtype=torch.float).view(-1, n)
+    return compute_advantages(rewards, estimator, eps).flatten().tolist()
+
+
+def train_samples(trajs: Sequence[Trajectory], advs: Sequence[float]) -> list[TrainSample]:
+    """Trajectories with at least one generated token become samples (an empty response teaches nothing)."""
+    return [
+        TrainSample(t.prompt_ids + t.response_ids, len(t.prompt_ids), t.loss_mask, t.logprobs, a)
+        for t, a in zip(trajs, advs, strict=True)
+        if t.generated_tokens > 0
+    ]
+
+
+def rollout_metrics(trajs: Sequence[Trajectory]) -> dict[str, float]:
+    """Accuracy (extracted answer = gold), format rate, searches per trajectory, lengths, finish reasons."""
+    n = max(len(trajs), 1)
+    correct = fmt = searches = 0
+    for t in trajs:
+        letter, text = extract_answer(parse(t.text).answer, t.question.options)
+        gold = t.question.answer_letter
+        correct += (letter == gold) if gold else (text.strip().lower() == t.question.answer_text.strip().lower())
+        fmt += check_format(t.text, t.search_allowed, t.self_document).ok
+        searches += len(t.searches)
+    return {
+        "rollout/accuracy": correct / n,
+        "rollout/format_rate": fmt / n,
+        "rollout/searches_per_traj": searches / n,
+        "rollout/response_tokens": sum(len(t.response_ids) for t in trajs) / n,
+        "rollout/generated_tokens": sum(t.generated_tokens for t in trajs) / n,
+        "rollout/truncated_rate": sum(t.finish_reason == "length" for t in trajs) / n,
+    }
