@@ -101,8 +101,10 @@ class GeneratorPool:
     def __init__(self, config: Config, actor_options: list[dict] | None = None, recover_timeout_s: float = 300.0):
         g = config.generator
         options = actor_options or [{} for _ in range(g.replicas)]
+        env = {"env_vars": {"OMP_NUM_THREADS": str(g.cpu_threads)}}
         self.actors = [
-            GeneratorActor.options(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=3, **opts).remote(
+            GeneratorActor.options(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=3, runtime_env=env,
+                                   **opts).remote(
                 config.model.path,
                 config.model.tokenizer_path,
                 config.model.dtype,

@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors import deepspeed_compat as dsc
 from medr3.config import Config
-from medr3.grpo import LossSettings, entropy_from_logits, kl_k3, policy_loss_terms, token_logprobs
+from medr3.grpo import LossSettings, kl_k3, policy_loss_terms, token_logprobs
 from medr3.packing import TrainSample, collate, pack
 
 
@@ -28,7 +28,7 @@ class LearnerRank:
 
     def __init__(self, config: Config, rank: int, world_size: int):
         self.config, self.rank, self.world_size = config, rank, world_size
-        torch.set_num_threads(max(1, int(config.learner.num_cpus)))
+        torch.set_num_threads(config.learner.cpu_threads)
         self.engine = self.reference = None
 
     def address(self) -> tuple[str, int]:
@@ -111,7 +111,8 @@ class LearnerRank:
         dev = self._device()
         mask, targets = t["mask"].to(dev), t["targets"].to(dev)
         logits = self._forward(t)
-        logprobs = token_logprobs(logits, targets)
+        logp_all = torch.log_softmax(logits.float(), dim=-1)
+        logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         s = self.loss_settings
         loss_sum, stats = policy_loss_terms(logprobs, t["old_logprobs"].to(dev), t["advantages"].to(dev), mask, s)
         extra = {}
@@ -123,12 +124,12 @@ class LearnerRank:
             kl = (kl_k3(logprobs, token_logprobs(ref_logits, targets)) * mask).sum()
             loss_sum = loss_sum + s.kl_coef * kl
             extra["kl_ref"] = kl.item()
-        entropy = entropy_from_logits(logits) if s.entropy_coef > 0 else None
-        if entropy is not None:
+        if s.entropy_coef > 0:
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
             loss_sum = loss_sum - s.entropy_coef * (entropy * mask).sum()
         else:
             with torch.no_grad():
-                entropy = entropy_from_logits(logits.detach())
+                entropy = -(logp_all.exp() * logp_all).sum(-1)
         # DeepSpeed averages gradients over ranks; scaling by world_size makes the result the global token mean.
         scale = self.world_size / max(total_tokens, 1)
         dsc.backward(self.engine, loss_sum * scale, boundary)
@@ -188,7 +189,7 @@ class LearnerGroup:
         bundle = {"CPU": lcfg.num_cpus} | ({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {})
         self.pg = placement_group(bundles or [bundle] * self.world_size, strategy=strategy)
         ray.get(self.pg.ready())
-        env = {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(lcfg.num_cpus)))}}
+        env = {"env_vars": {"OMP_NUM_THREADS": str(lcfg.cpu_threads)}}
         self.ranks = [
             LearnerActor.options(
                 num_cpus=lcfg.num_cpus,

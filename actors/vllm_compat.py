@@ -123,3 +123,104 @@ def _completion(out) -> Completion:
     logprobs = [entry[tok].logprob for tok, entry in zip(out.token_ids, out.logprobs, strict=True)]
     stop = out.stop_reason if isinstance(out.stop_reason, str) else None
     return Completion(list(out.token_ids), logprobs, out.text, out.finish_reason or "stop", stop)
+
+
+# --- the async engine (Ray Serve): continuous batching over concurrent requests, token streaming
+
+
+def create_async_engine(
+    model: str,
+    tokenizer: str,
+    dtype: str,
+    seed: int,
+    max_model_len: int,
+    kv_cache_gib: float,
+    gpu_memory_utilization: float,
+    enforce_eager: bool,
+    max_num_seqs: int,
+    tensor_parallel_size: int,
+):
+    """A `vllm.AsyncLLM`: its engine core always runs in a child process, so callers stay responsive while it steps.
+
+    On CPU, VLLM_ENABLE_V1_MULTIPROCESSING=0 keeps the executor "uni", so the worker lives inside that child
+    (two processes instead of three).
+    """
+    if _is_cpu():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    kwargs = {}
+    if _is_cpu():
+        kwargs["distributed_executor_backend"] = "uni"
+    else:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kwargs["tensor_parallel_size"] = tensor_parallel_size
+    args = AsyncEngineArgs(
+        model=model,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        seed=seed,
+        max_model_len=max_model_len,
+        enforce_eager=enforce_eager,
+        max_num_seqs=max_num_seqs,
+        enable_prefix_caching=True,
+        disable_log_stats=True,
+        **kwargs,
+    )
+    return AsyncLLM.from_engine_args(args)
+
+
+def _sampling(request: GenRequest, temperature: float, top_p: float, kind: str, logprobs: bool, **extra):
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        n=1,
+        max_tokens=request.max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=list(request.stop) or None,
+        include_stop_str_in_output=True,
+        seed=request.seed,
+        logprobs=0 if logprobs else None,
+        output_kind=RequestOutputKind[kind],
+        **extra,
+    )
+
+
+async def generate_async(engine, request: GenRequest, temperature: float, top_p: float) -> Completion:
+    """One completion of a token-id request, with logprobs, as `generate` returns them (the rollout's contract)."""
+    from uuid import uuid4
+
+    from vllm.inputs import TokensPrompt
+
+    params = _sampling(request, temperature, top_p, "FINAL_ONLY", logprobs=True)
+    final = None
+    async for out in engine.generate(TokensPrompt(prompt_token_ids=request.prompt_ids), params, uuid4().hex):
+        final = out
+    return _completion(final.outputs[0])
+
+
+async def stream_async(engine, request: GenRequest, temperature: float, top_p: float, **sampling):
+    """Yield `Completion` deltas (new token ids and text) as the engine produces them; the last one has
+    `finish_reason` set, the others "". Closing the generator aborts the request in the engine."""
+    from uuid import uuid4
+
+    from vllm.inputs import TokensPrompt
+
+    params = _sampling(request, temperature, top_p, "DELTA", logprobs=False, **sampling)
+    async for out in engine.generate(TokensPrompt(prompt_token_ids=request.prompt_ids), params, uuid4().hex):
+        c = out.outputs[0]
+        stop = c.stop_reason if isinstance(c.stop_reason, str) else None
+        yield Completion(list(c.token_ids), [], c.text, (c.finish_reason or "stop") if out.finished else "", stop)
+
+
+async def check_engine(engine) -> None:
+    """Raise if the engine core has died (Serve then restarts the replica)."""
+    await engine.check_health()
+
+
+def shutdown_engine(engine) -> None:
+    engine.shutdown()

@@ -7,6 +7,7 @@ code release's where one exists (DESIGN §2); ``configs/default.yaml`` overrides
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -69,6 +70,13 @@ class Resources(_Section):
     replicas: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads per actor (default: num_cpus rounded up). Phases that never overlap, "
+        "like generation and training in serial mode, may each use all cores.")
+
+    @property
+    def cpu_threads(self) -> int:
+        return self.threads or max(1, math.ceil(self.num_cpus))
 
 
 class GeneratorConfig(Resources):

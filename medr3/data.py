@@ -60,7 +60,7 @@ class LoadReport:
 
     def skip(self, location: str, reason: str) -> None:
         self.skipped.append((location, reason))
-        log.warning("%s:%s: skipped record: %s", self.path, location, reason)
+        log.debug("%s:%s: skipped record: %s", self.path, location, reason)
 
     def summary(self) -> str:
         return f"{self.path}: {self.loaded} loaded, {len(self.skipped)} skipped"

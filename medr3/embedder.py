@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -18,7 +19,16 @@ class Embedder:
     def __init__(self, model, name: str):
         self._model = model
         self.name = name
-        self.dim: int = int(model.get_sentence_embedding_dimension())
+        self.dim: int = int(model.get_embedding_dimension())
+
+    @property
+    def max_tokens(self) -> int:
+        """Word pieces per text the encoder reads; longer texts are truncated."""
+        return int(self._model.max_seq_length)
+
+    @max_tokens.setter
+    def max_tokens(self, value: int) -> None:
+        self._model.max_seq_length = int(value)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Embed `texts` in batches of `batch_size`: (len(texts), dim) float32, each row of L2 norm 1."""
@@ -45,12 +55,40 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: str | None = None) -> Embedder:
-    """Load an encoder offline. `device` None = CPU for `minilm`, sentence-transformers' choice (GPU if any) else."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this x86 CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_embedder(
+    name_or_path: str = DEFAULT_EMBEDDER,
+    device: str | None = None,
+    dtype: str = "float32",
+    max_tokens: int | None = None,
+) -> Embedder:
+    """Load an encoder offline.
+
+    `device` None = CPU for `minilm`, else sentence-transformers' choice (a GPU if there is one). `dtype`: float32
+    (default; bit-stable across batchings), bfloat16, or auto = bfloat16 on a CPU with native bf16 (up to 4-5x faster
+    here, cosine to float32 >= 0.997) and float32 elsewhere.
+    `max_tokens` truncates inputs (default: the model's own limit, 256 for MiniLM).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the Hub: models are local folders here
+    import torch
     from sentence_transformers import SentenceTransformer
 
     path = resolve_model_path(name_or_path)
     if device is None and name_or_path == DEFAULT_EMBEDDER:
         device = "cpu"
-    return Embedder(SentenceTransformer(path, device=device), name=name_or_path)
+    model = SentenceTransformer(path, device=device)
+    if dtype == "auto":
+        dtype = "bfloat16" if model.device.type == "cpu" and cpu_has_native_bf16() else "float32"
+    model.to(getattr(torch, dtype))
+    embedder = Embedder(model, name=name_or_path)
+    if max_tokens is not None:
+        embedder.max_tokens = max_tokens
+    return embedder

@@ -15,21 +15,13 @@ class MetricsLog:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"
-        self._truncate(resume_after)
+        self.samples = self.out_dir / "samples.jsonl"
+        for path in (self.path, self.samples):
+            _truncate(path, resume_after)
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events logged after the checkpoint we resume from.
         self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=resume_after + 1)
-
-    def _truncate(self, keep_through: int) -> None:
-        """Keep only the lines of steps up to `keep_through` (0 = start afresh)."""
-        if not self.path.exists():
-            return
-        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["global_step"] <= keep_through]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
 
     def log(self, record: dict) -> None:
         """`record` holds `global_step`, `stage`, `stage_step` and float metrics."""
@@ -41,8 +33,24 @@ class MetricsLog:
                 self.tb.add_scalar(key, value, step)
         self.tb.flush()
 
+    def sample(self, record: dict) -> None:
+        """One example trajectory per step, for reading what the policy writes."""
+        with open(self.samples, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
     def close(self) -> None:
         self.tb.close()
+
+
+def _truncate(path: Path, keep_through: int) -> None:
+    """Keep only the lines of steps up to `keep_through` (0 = start afresh)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["global_step"] <= keep_through]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -1,7 +1,7 @@
 """Build the embedded default's artefacts if they are missing: the tiny test model, SmolLM2-135M-Instruct as an HF
-folder, and (once the retrieval issue lands) the corpus index. Safe to rerun: finished artefacts are kept.
+folder, and the corpus index (resumable: an interrupted build continues). Safe to rerun: finished artefacts are kept.
 
-    python pipelines/prepare.py [--only tiny smollm2] [--force]
+    python pipelines/prepare.py [--only tiny smollm2 index] [--force]
 """
 
 from __future__ import annotations
@@ -18,16 +18,31 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = {
     "tiny": ROOT / "artifacts/models/tiny",
     "smollm2": ROOT / "artifacts/models/smollm2-135m-instruct",
+    "index": ROOT / "artifacts/index/default",
 }
 
 
-def build(name: str, target: Path) -> None:
+def is_built(name: str, target: Path) -> bool:
+    if name == "index":
+        from medr3.retrieval.manifest import is_complete
+
+        return is_complete(target)
+    return (target / "config.json").is_file()
+
+
+def build(name: str, target: Path, force: bool = False) -> None:
     from medr3.offline_models import build_tiny_model, convert_smollm2
 
     if name == "tiny":
         build_tiny_model(target, ROOT / "data/corpus", seed=0)
     elif name == "smollm2":
         convert_smollm2(target, dtype="float32")
+    elif name == "index":
+        from medr3.config import RetrieverConfig
+        from medr3.retrieval.indexer import build_index
+
+        report = build_index(RetrieverConfig(index_path=str(target)), ROOT / "data/corpus", force=force)
+        print(f"[prepare] index: {report.summary()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in args.only or list(ARTIFACTS):
         target = ARTIFACTS[name]
-        if (target / "config.json").is_file() and not args.force:
+        if is_built(name, target) and not args.force:
             print(f"[prepare] {name}: present at {target.relative_to(ROOT)}")
             continue
         start = time.perf_counter()
-        build(name, target)
+        build(name, target, force=args.force)
         print(f"[prepare] {name}: built {target.relative_to(ROOT)} in {time.perf_counter() - start:.1f}s")
     return 0
 

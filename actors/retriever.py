@@ -1,0 +1,103 @@
+"""SearchActor: the Ray shell over `medr3.retrieval.searcher.Searcher`, and SearchPool, several replicas behind one
+handle.
+
+A replica serves `config.max_concurrency` concurrent batch searches (a threaded actor: the Qdrant engine and torch
+release the GIL in their kernels). The pool round-robins over replicas; a call that times out or hits a dead replica
+is retried on the next one (up to `config.retries` times), and Ray restarts dead replicas in the background.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from medr3.config import RetrieverConfig
+
+
+class RetrievalError(RuntimeError):
+    """Search failed on every replica tried, or the replicas could not start (the cause is in the message)."""
+
+
+@ray.remote
+class SearchActor:
+    """One replica: opens the index (or connects to the server) once, then answers batched searches."""
+
+    def __init__(self, config: dict):
+        from medr3.retrieval.searcher import Searcher
+
+        self._searcher = Searcher(RetrieverConfig.model_validate(config))
+
+    def ready(self) -> bool:
+        return True
+
+    def batch_search(
+        self,
+        queries: Sequence[str],
+        k: int | None = None,
+        sources: Sequence[str] | None = None,
+        mode: str | None = None,
+    ) -> list[list[dict]]:
+        """See `Searcher.batch_search`: per query a list of `{id, doc_id, title, text, score, source}`."""
+        return self._searcher.batch_search(queries, k=k, sources=sources, mode=mode)
+
+
+class SearchPool:
+    """`config.replicas` SearchActors behind one `batch_search`. Construction waits until all replicas have opened
+    the store, so a missing index or an unreachable server fails here, with its reason, not at the first search."""
+
+    def __init__(self, config: RetrieverConfig, startup_timeout_s: float = 120.0):
+        self.config = config
+        actor = SearchActor.options(
+            num_cpus=config.num_cpus,
+            num_gpus=config.num_gpus,
+            max_concurrency=config.max_concurrency,
+            max_restarts=-1,  # a replica that dies comes back; the pool retries its calls elsewhere meanwhile
+        )
+        self._replicas = [actor.remote(config.model_dump()) for _ in range(config.replicas)]
+        self._next = itertools.cycle(range(len(self._replicas)))
+        try:
+            # Loading the embedder (torch import) takes seconds; the store check itself is bounded by timeout_s.
+            ray.get([r.ready.remote() for r in self._replicas], timeout=startup_timeout_s + config.timeout_s)
+        except (RayActorError, GetTimeoutError) as err:
+            self.shutdown()
+            raise RetrievalError(f"search replicas failed to start: {_cause(err)}") from None
+
+    @property
+    def replicas(self) -> list:
+        return list(self._replicas)
+
+    def batch_search(
+        self,
+        queries: Sequence[str],
+        k: int | None = None,
+        sources: Sequence[str] | None = None,
+        mode: str | None = None,
+    ) -> list[list[dict]]:
+        """One batched search on the next replica; on a timeout or dead replica, retry on the following ones."""
+        errors = []
+        for _ in range(self.config.retries + 1):
+            i = next(self._next)
+            start = time.perf_counter()
+            try:
+                ref = self._replicas[i].batch_search.remote(list(queries), k, sources, mode)
+                return ray.get(ref, timeout=self.config.timeout_s)
+            except (RayActorError, GetTimeoutError) as err:
+                errors.append(f"replica {i} after {time.perf_counter() - start:.1f}s: {_cause(err)}")
+        raise RetrievalError(f"search failed on {len(errors)} attempt(s): " + "; ".join(errors))
+
+    def shutdown(self) -> None:
+        for replica in self._replicas:
+            ray.kill(replica, no_restart=True)
+
+
+def _cause(err: Exception) -> str:
+    """The useful line of a Ray error: the original exception of a failed actor constructor, not Ray's preamble."""
+    text = str(err)
+    for marker in ("StoreUnavailableError: ", "IndexNotReadyError: "):
+        if marker in text:
+            return marker.rstrip(": ") + ": " + text.split(marker, 1)[1].strip().splitlines()[0]
+    return text.strip().splitlines()[-1] if text.strip() else type(err).__name__

@@ -1,0 +1,1 @@
+"""Corpus retrieval: chunking, a Qdrant store with two backends, the resumable indexer, the searcher and metrics."""

@@ -1,0 +1,98 @@
+"""The index manifest: what an index was built from and how far the build got.
+
+It lives at `<index_path>/manifest.json` and is rewritten atomically (temp file + rename) after every finished
+batch, so a crash leaves either the previous or the next state, never a torn file. An index is usable only when its
+manifest says `complete`; the searcher refuses anything else, so an interrupted build is never a silently partial
+index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+
+
+class IndexNotReadyError(RuntimeError):
+    """An index that is missing, still being built, interrupted, or built from something else."""
+
+
+@dataclass
+class Manifest:
+    """Build state of one index.
+
+    `fingerprint` pins the inputs (corpus files by name/size/sha256, embedder, chunking, batch size, backend and
+    collection): a rerun resumes only if it matches. Batches are processed in order, so `batches_done` is a prefix.
+    """
+
+    fingerprint: dict
+    batches_total: int
+    points_total: int
+    dim: int
+    batches_done: int = 0
+    complete: bool = False
+    sources: dict[str, int] = field(default_factory=dict)  # chunks per corpus source
+    skipped_lines: int = 0
+    skipped_examples: list[str] = field(default_factory=list)  # first few "file:line: reason"
+    build_seconds: float = 0.0
+
+    def save(self, index_path: str | Path) -> None:
+        """Write atomically: a reader sees the old manifest or the new one, never half of one."""
+        index_path = Path(index_path)
+        index_path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=index_path)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, index_path / MANIFEST_NAME)
+
+    @classmethod
+    def load(cls, index_path: str | Path) -> Manifest | None:
+        """The manifest at `index_path`, or None if there is none."""
+        path = Path(index_path) / MANIFEST_NAME
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise IndexNotReadyError(f"{path}: unreadable manifest ({err}); rebuild the index with --force") from err
+
+
+def require_complete(index_path: str | Path) -> Manifest:
+    """The manifest of a finished index, else IndexNotReadyError saying what is wrong and how to fix it."""
+    manifest = Manifest.load(index_path)
+    hint = f"build it with: python pipelines/index_corpus.py --index-path {index_path}"
+    if manifest is None:
+        raise IndexNotReadyError(f"{index_path}: no index manifest, so no finished index here; {hint}")
+    if not manifest.complete:
+        raise IndexNotReadyError(
+            f"{index_path}: index incomplete ({manifest.batches_done}/{manifest.batches_total} batches; interrupted "
+            f"or still building); rerun the indexer to finish it: python pipelines/index_corpus.py --index-path "
+            f"{index_path}"
+        )
+    return manifest
+
+
+def is_complete(index_path: str | Path) -> bool:
+    """Whether `index_path` holds a finished index (by its manifest)."""
+    try:
+        manifest = Manifest.load(index_path)
+    except IndexNotReadyError:
+        return False
+    return manifest is not None and manifest.complete
+
+
+def file_digest(path: str | Path) -> dict:
+    """Name, size and sha256 of one corpus file (a few MB; hashing takes milliseconds)."""
+    path = Path(path)
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha.hexdigest()}

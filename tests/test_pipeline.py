@@ -1,0 +1,130 @@
+"""The progressive job end to end on the tiny model, as users run it: a subprocess driver on the session's cluster."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import ROOT
+
+JOB = [sys.executable, str(ROOT / "pipelines/progressive.py"), "--config", str(ROOT / "configs/tiny.yaml")]
+
+
+def job_args(out_dir, steps=(2, 2, 2), extra=()):
+    names = ("reasoning", "retrieval", "joint")
+    sets = [f"run.output_dir={out_dir}"] + [f"stages.{n}.steps={s}" for n, s in zip(names, steps)]
+    return JOB + [a for s in [*sets, *extra] for a in ("--set", s)]
+
+
+def start(args, ray_cluster):
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "MEDR3_ROOT": str(ROOT)}
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+
+def finish(proc, timeout=600):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def records(out_dir):
+    path = out_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for(predicate, timeout=600):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for the job"
+        time.sleep(0.5)
+
+
+needs_index = pytest.mark.skipif(not (ROOT / "artifacts/index/default/manifest.json").exists(),
+                                 reason="the corpus index is built by ./setup.sh")
+
+
+@pytest.mark.slow
+@needs_index
+def test_three_stage_run_completes_even_when_a_generator_dies(ray_cluster, tmp_path, tiny_model_dir):
+    from ray.util.state import list_actors
+
+    proc = start(job_args(tmp_path, extra=[f"model.path={tiny_model_dir}"]), ray_cluster)
+    wait_for(lambda: len(records(tmp_path)) >= 1 or proc.poll() is not None)
+    generators = [a for a in list_actors(filters=[("class_name", "=", "GeneratorWorker"), ("state", "=", "ALIVE")])
+                  if a.pid]
+    for actor in generators:
+        try:  # the job's engine (the session's own tiny_pool may be alive too: killing it is survivable as well)
+            os.kill(actor.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    out = finish(proc)
+    rows = records(tmp_path)
+    assert [r["global_step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["stage"] for r in rows] == ["reasoning"] * 2 + ["retrieval"] * 2 + ["joint"] * 2
+    assert all("reward/total" in r and "timing/generate" in r and "train/loss" in r for r in rows)
+    assert all(r["rollout/searches_per_traj"] == 0 for r in rows[:2])
+    last = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
+    assert last.name == "step-000006" and (last / "hf/config.json").exists()
+    assert (tmp_path / "report.png").stat().st_size > 10_000 and "| joint | 2 |" in (tmp_path / "summary.md").read_text()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents*"))
+    assert "[done] 6 steps" in out
+
+
+@pytest.mark.slow
+@needs_index
+def test_a_killed_job_resumes_with_continuous_steps(ray_cluster, tmp_path, tiny_model_dir):
+    args = job_args(tmp_path, steps=(1, 3, 1), extra=[f"model.path={tiny_model_dir}"])
+    proc = start(args, ray_cluster)
+    # Kill the driver mid-stage 2, right after its first retrieval step was checkpointed.
+    wait_for(lambda: (tmp_path / "checkpoints/step-000002/meta.json").exists() or proc.poll() is not None)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = records(tmp_path)
+    assert before and before[-1]["stage"] == "retrieval" and len(before) < 5
+    out = finish(start(args, ray_cluster))
+    assert "[resume]" in out
+    rows = records(tmp_path)
+    assert [r["global_step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [(r["stage"], r["stage_step"]) for r in rows] == [
+        ("reasoning", 1), ("retrieval", 1), ("retrieval", 2), ("retrieval", 3), ("joint", 1)]
+
+
+def test_a_bad_config_fails_before_any_actor_starts(tmp_path):
+    started = time.monotonic()
+    result = subprocess.run(job_args(tmp_path, extra=["grpo.samples_per_prompt=1"]), capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, timeout=120)
+    assert result.returncode == 2
+    assert "grpo.samples_per_prompt" in result.stderr and "configs/tiny.yaml" in result.stderr
+    assert "Ray" not in result.stdout + result.stderr.replace("ray", "")  # no cluster was started
+    assert time.monotonic() - started < 60
+
+
+def test_missing_inputs_are_named_before_any_actor_starts(tmp_path):
+    result = subprocess.run(job_args(tmp_path, extra=["model.path=/nonexistent/model"]), capture_output=True,
+                            text=True, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, timeout=120)
+    assert result.returncode == 2 and "model.path: /nonexistent/model/config.json does not exist" in result.stderr
+
+
+@pytest.mark.slow
+@needs_index
+def test_ray_job_submit_against_the_local_head(ray_cluster, tmp_path, tiny_model_dir):
+    dashboard = ray_cluster._private.worker.get_dashboard_url()
+    runtime_env = {"env_vars": {"MEDR3_ROOT": str(ROOT)}, "excludes": EXCLUDES}
+    args = job_args(tmp_path, steps=(1, 0, 0), extra=[f"model.path={tiny_model_dir}"])
+    args = [sys.executable, "pipelines/progressive.py"] + args[2:]
+    result = subprocess.run(
+        [str(ROOT / ".venv/bin/ray") if (ROOT / ".venv/bin/ray").exists() else "ray", "job", "submit",
+         "--address", f"http://{dashboard}", "--working-dir", str(ROOT),
+         "--runtime-env-json", json.dumps(runtime_env), "--", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "succeeded" in result.stdout and "[done] 1 steps" in result.stdout
+    assert [r["stage"] for r in records(tmp_path)] == ["reasoning"]
+
+
+EXCLUDES = [".venv/", "artifacts/", "runs/", "checkpoints/", ".git/", "**/__pycache__/", ".pytest_cache/",
+            ".ruff_cache/", ".hypothesis/", "*.egg-info/"]
