@@ -54,6 +54,7 @@ class SearchPool:
         actor = SearchActor.options(
             num_cpus=config.num_cpus,
             num_gpus=config.num_gpus,
+            resources=config.resources,
             max_concurrency=config.max_concurrency,
             max_restarts=-1,  # a replica that dies comes back; the pool retries its calls elsewhere meanwhile
         )

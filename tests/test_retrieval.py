@@ -1,0 +1,218 @@
+"""Retrieval without Ray: chunking, metrics, the indexer (resume, malformed lines), the two store backends, the
+searcher's guarantees (tags stripped, incomplete index refused, unreachable server named quickly)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from medr3.config import RetrieverConfig
+from medr3.data import Passage
+from medr3.retrieval.chunking import chunk_passage
+from medr3.retrieval.indexer import build_index
+from medr3.retrieval.manifest import IndexNotReadyError, Manifest
+from medr3.retrieval.metrics import hit_at_k, recall_at_k, reciprocal_rank, summarize
+from medr3.retrieval.searcher import Searcher
+from medr3.retrieval.store import StoreUnavailableError
+
+QUERIES = [
+    "What are the symptoms of adult acute lymphoblastic leukemia?",
+    "Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?",
+    "treatment options for chronic lymphocytic leukemia",
+    "zymoglossal fever",
+]
+
+
+def same_ranking(a: list[dict], b: list[dict]) -> bool:
+    """Same scores, and the same ids within each group of equal scores (engines order ties differently); the lowest
+    group may be cut at k differently, so only its size is compared."""
+    if not np.allclose([d["score"] for d in a], [d["score"] for d in b], rtol=1e-4, atol=1e-5):
+        return False
+
+    def groups(docs):
+        by_score: dict[float, set] = {}
+        for d in docs:
+            by_score.setdefault(round(d["score"], 4), set()).add(d["id"])
+        return [by_score[s] for s in sorted(by_score, reverse=True)]
+
+    ga, gb = groups(a), groups(b)
+    return len(ga) == len(gb) and ga[:-1] == gb[:-1] and len(ga[-1]) == len(gb[-1])
+
+
+def test_long_passages_become_overlapping_chunks_that_keep_their_ids():
+    words = [f"w{i}" for i in range(250)]
+    passage = Passage("p1", "T", " ".join(words), "src", "12345")
+    chunks = chunk_passage(passage, words=100, overlap=20)
+    assert [c.id for c in chunks] == ["p1#0", "p1#1", "p1#2"]
+    assert all(c.doc_id == "12345" and c.title == "T" and c.source == "src" for c in chunks)
+    assert chunks[1].text.split()[:20] == chunks[0].text.split()[-20:]
+    assert chunks[-1].text.split()[-1] == "w249"
+    short = Passage("p2", "", "short text", "s", "p2")
+    assert chunk_passage(short, 100, 20) == [short]
+
+
+def test_metrics_score_gold_ids_by_rank():
+    retrieved, gold = ["a", "b", "c", "b"], {"c", "z"}
+    assert hit_at_k(retrieved, gold, 2) == 0.0 and hit_at_k(retrieved, gold, 3) == 1.0
+    assert recall_at_k(retrieved, gold, 4) == 0.5
+    assert reciprocal_rank(retrieved, gold, 10) == pytest.approx(1 / 3)
+    summary = summarize([(retrieved, gold), (["z"], {"z"}), (["x"], set())], ks=(1, 3))
+    assert summary["n"] == 2 and summary["hit@1"] == 0.5 and summary["mrr@3"] == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_malformed_corpus_lines_are_skipped_and_counted(small_index):
+    manifest = Manifest.load(small_index("edge").index_path)
+    assert manifest.complete
+    assert manifest.skipped_lines == 2
+    assert any("not valid JSON" in s for s in manifest.skipped_examples)
+    assert any("'text' missing" in s for s in manifest.skipped_examples)
+    assert manifest.points_total > 241  # 241 good passages, the long ones split into chunks
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_both_backends_return_the_same_top_k(small_index, minilm, mode):
+    results = {}
+    for backend in ("edge", "local"):
+        searcher = Searcher(small_index(backend), embedder=minilm)
+        try:
+            results[backend] = searcher.batch_search(QUERIES, k=5, mode=mode)
+        finally:
+            searcher.close()
+    for edge, local in zip(results["edge"], results["local"], strict=True):
+        assert len(edge) == len(local) == 5
+        np.testing.assert_allclose([d["score"] for d in edge], [d["score"] for d in local], rtol=1e-4, atol=1e-5)
+
+        assert same_ranking(edge, local)
+        if mode == "dense":
+            assert [d["id"] for d in edge] == [d["id"] for d in local]
+
+
+def test_search_finds_the_obvious_passage_in_every_mode(small_index, minilm):
+    searcher = Searcher(small_index("edge"), embedder=minilm)
+    try:
+        for mode in ("dense", "bm25", "hybrid"):
+            top = searcher.batch_search(QUERIES[1:2], k=3, mode=mode)[0]
+            assert top[0]["doc_id"] == "21645374", (mode, top)  # the lace-plant PubMedQA abstract
+            assert set(top[0]) == {"id", "doc_id", "title", "text", "score", "source"}
+    finally:
+        searcher.close()
+
+
+def test_source_filter_restricts_results_and_unknown_sources_are_an_error(small_index, minilm):
+    searcher = Searcher(small_index("edge"), embedder=minilm)
+    try:
+        docs = searcher.batch_search(QUERIES, k=5, sources=["bioasq_snippet"])
+        assert all(d["source"] == "bioasq_snippet" for hits in docs for d in hits)
+        with pytest.raises(ValueError, match="unknown corpus source"):
+            searcher.batch_search(QUERIES, sources=["pubmed_full_text"])
+    finally:
+        searcher.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_tags_are_stripped_from_returned_text(small_index, minilm, backend):
+    searcher = Searcher(small_index(backend), embedder=minilm)
+    try:
+        doc = searcher.batch_search(["zymoglossal fever"], k=1, mode="bm25")[0][0]
+    finally:
+        searcher.close()
+    assert doc["id"] == "tagged:1"
+    assert "Zymoglossal fever" in doc["text"] and "rest" in doc["text"]
+    for tag in ("<search>", "</search>", "<document>", "</document>", "</think>", "<answer>"):
+        assert tag not in doc["text"] and tag not in doc["title"]
+
+
+def test_interrupted_build_is_refused_then_resumed_to_the_same_index(tmp_path, small_corpus, small_index, minilm):
+    config = RetrieverConfig(index_path=str(tmp_path / "index"), batch_size=64)
+
+    def crash_after_batch_1(batch: int) -> None:
+        if batch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(config, small_corpus, embedder=minilm, progress=False, after_batch=crash_after_batch_1)
+    partial = Manifest.load(config.index_path)
+    assert partial.batches_done == 2 and not partial.complete
+    with pytest.raises(IndexNotReadyError, match="incomplete"):
+        Searcher(config, embedder=minilm)
+
+    report = build_index(config, small_corpus, embedder=minilm, progress=False)
+    assert report.batches_resumed == 2 and report.batches_built == report.batches_total - 2
+    final = Manifest.load(config.index_path)
+    reference = Manifest.load(small_index("edge").index_path)
+    assert final.complete and final.points_total == reference.points_total == report.points
+    assert final.fingerprint == reference.fingerprint and final.sources == reference.sources
+
+    resumed, whole = Searcher(config, embedder=minilm), Searcher(small_index("edge"), embedder=minilm)
+    try:
+        for mode in ("dense", "bm25"):
+            a, b = resumed.batch_search(QUERIES, k=5, mode=mode), whole.batch_search(QUERIES, k=5, mode=mode)
+            assert all(same_ranking(x, y) for x, y in zip(a, b, strict=True)), (mode, a, b)
+    finally:
+        resumed.close()
+        whole.close()
+    assert build_index(config, small_corpus, embedder=minilm, progress=False).batches_built == 0  # finished: no-op
+
+
+def test_rerun_with_other_inputs_refuses_instead_of_mixing_indexes(tmp_path, small_corpus, small_index, minilm):
+    index_path = small_index("edge").index_path
+    other = RetrieverConfig(index_path=index_path, batch_size=64, chunk_words=64, chunk_overlap=8)
+    with pytest.raises(IndexNotReadyError, match="other inputs"):
+        build_index(other, small_corpus, embedder=minilm, progress=False)
+
+
+def test_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(IndexNotReadyError, match="build the index"):
+        Searcher(RetrieverConfig(index_path=str(tmp_path / "nothing")))
+
+
+def test_torn_manifest_is_never_read_as_complete(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"fingerprint": {}, "batches_total"', encoding="utf-8")
+    with pytest.raises(IndexNotReadyError, match="unreadable manifest"):
+        Manifest.load(tmp_path)
+    Manifest({"x": 1}, batches_total=3, points_total=10, dim=4).save(tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text())["complete"] is False
+    assert not list(tmp_path.glob(".manifest.*"))  # the temp file was renamed into place
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_qdrant_url_fails_within_the_timeout_naming_the_url(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}"
+    config = RetrieverConfig(backend="server", url=url, index_path=str(tmp_path), timeout_s=3.0, retries=2)
+    start = time.perf_counter()
+    with pytest.raises(StoreUnavailableError, match=url.replace(".", r"\.")) as err:
+        Searcher(config)
+    assert time.perf_counter() - start < config.timeout_s
+    assert "3 attempt(s)" in str(err.value)
+
+
+@pytest.mark.slow
+def test_hybrid_finds_gold_pmids_at_least_as_often_as_bm25_on_the_default_index(root):
+    """Needs the full index that ./setup.sh builds (skipped without it); ~1 min of searching."""
+    from medr3.data import load_mirage
+    from medr3.retrieval.manifest import is_complete
+    from medr3.retrieval.metrics import evaluate_questions
+
+    index_path = root / "artifacts/index/default"
+    if not is_complete(index_path):
+        pytest.skip("default index not built (./setup.sh builds it)")
+    searcher = Searcher(RetrieverConfig(index_path=str(index_path)))
+    try:
+        mirage = root / "data/eval/mirage/benchmark_with_pmid.json.xz"
+        results = {
+            task: evaluate_questions(searcher, load_mirage(mirage, tasks=[task])[0], ("bm25", "hybrid"), ks=(10,))
+            for task in ("pubmedqa", "bioasq")
+        }
+    finally:
+        searcher.close()
+    for task, by_mode in results.items():
+        assert by_mode["hybrid"]["hit@10"] >= by_mode["bm25"]["hit@10"], (task, by_mode)
