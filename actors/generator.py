@@ -103,8 +103,14 @@ class GeneratorPool:
         options = actor_options or [{} for _ in range(g.replicas)]
         env = {"env_vars": {"OMP_NUM_THREADS": str(g.cpu_threads)}}
         self.actors = [
-            GeneratorActor.options(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=3, runtime_env=env,
-                                   **opts).remote(
+            GeneratorActor.options(
+                num_cpus=g.num_cpus,
+                num_gpus=g.num_gpus,
+                resources=g.resources,
+                max_restarts=3,
+                runtime_env=env,
+                **opts,
+            ).remote(
                 config.model.path,
                 config.model.tokenizer_path,
                 config.model.dtype,

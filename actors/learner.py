@@ -66,13 +66,16 @@ class LearnerRank:
     def _device(self) -> torch.device:
         return self.engine.device
 
-    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.engine(
+    def _forward(self, batch: dict[str, torch.Tensor], model=None) -> torch.Tensor:
+        """Logits of the positions from `first` on: (B, L−1−first, V). The vocabulary projection and softmax of the
+        prompt positions (most of a sequence, and the costliest part with a large vocabulary) are skipped."""
+        model = model or self.engine.module
+        hidden = model.get_decoder()(
             input_ids=batch["input_ids"].to(self._device()),
             attention_mask=batch["attention_mask"].to(self._device()),
             use_cache=False,
-        )
-        return out.logits[:, :-1]
+        ).last_hidden_state
+        return model.get_output_embeddings()(hidden[:, batch["first"] : -1])
 
     @torch.no_grad()
     def _recompute_old(self, micro: list[list[TrainSample]]) -> None:
@@ -80,8 +83,8 @@ class LearnerRank:
             t = collate(batch)
             lp = token_logprobs(self._forward(t), t["targets"].to(self._device())).cpu()
             for i, s in enumerate(batch):
-                start, n = s.prompt_len - 1, len(s.input_ids) - 1
-                s.old_logprobs = lp[i, start:n].tolist()
+                start, end = s.prompt_len - 1 - t["first"], len(s.input_ids) - 1 - t["first"]
+                s.old_logprobs = lp[i, start:end].tolist()
 
     def train(self, mini_batches: list[tuple[list[list[TrainSample]], int]]) -> dict:
         """Run optimizer steps, one per `(micro_batches, total_tokens)` entry; returns averaged metrics."""
@@ -118,9 +121,7 @@ class LearnerRank:
         extra = {}
         if s.kl_coef > 0:
             with torch.no_grad():
-                ref_logits = self.reference(
-                    input_ids=t["input_ids"].to(dev), attention_mask=t["attention_mask"].to(dev)
-                ).logits[:, :-1]
+                ref_logits = self._forward(t, self.reference)
             kl = (kl_k3(logprobs, token_logprobs(ref_logits, targets)) * mask).sum()
             loss_sum = loss_sum + s.kl_coef * kl
             extra["kl_ref"] = kl.item()
@@ -186,7 +187,7 @@ class LearnerGroup:
     def __init__(self, config: Config, bundles: list[dict] | None = None, strategy: str = "PACK"):
         lcfg = config.learner
         self.config, self.world_size = config, lcfg.replicas
-        bundle = {"CPU": lcfg.num_cpus} | ({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {})
+        bundle = {"CPU": lcfg.num_cpus} | ({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {}) | lcfg.resources
         self.pg = placement_group(bundles or [bundle] * self.world_size, strategy=strategy)
         ray.get(self.pg.ready())
         env = {"env_vars": {"OMP_NUM_THREADS": str(lcfg.cpu_threads)}}

@@ -24,7 +24,7 @@ class RewardActor:
 
 def create_reward_actors(config: RewardConfig, corpus: str | Path) -> list:
     """`config.replicas` RewardActors, each reserving `config.num_cpus` / `config.num_gpus`."""
-    options = {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus}
+    options = {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus, "resources": config.resources}
     corpus = str(Path(corpus).resolve())  # an actor's working directory need not be the driver's
     return [RewardActor.options(**options).remote(config, corpus) for _ in range(config.replicas)]
 

@@ -71,8 +71,17 @@ class Resources(_Section):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     threads: int | None = Field(
-        None, ge=1, description="CPU threads per actor (default: num_cpus rounded up). Phases that never overlap, "
-        "like generation and training in serial mode, may each use all cores.")
+        None,
+        ge=1,
+        description="CPU threads per actor (default: num_cpus rounded up). Phases that never overlap, "
+        "like generation and training in serial mode, may each use all cores.",
+    )
+
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each actor needs, e.g. {gpu_node: 1} to pin a kind of "
+        "actor to the nodes that advertise it.",
+    )
 
     @property
     def cpu_threads(self) -> int:

@@ -67,8 +67,10 @@ def pack(samples: list[TrainSample], token_budget: int, world_size: int) -> list
 def collate(batch: list[TrainSample], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Right-padded tensors aligned for next-token prediction.
 
-    input_ids, attention_mask: (B, L). targets, mask, old_logprobs, ref: (B, L−1) where position t scores token t+1;
-    mask is 1 exactly on the response tokens the policy generated. advantages: (B,).
+    input_ids, attention_mask: (B, L). `first` = the earliest position whose logits predict a response token; the
+    learner computes logits from there only (the prompt's logits are never needed). targets, mask, old_logprobs:
+    (B, L−1−first), where column c scores token first+c+1; mask is 1 exactly on the response tokens the policy
+    generated. advantages: (B,).
     """
     width = max(len(s.input_ids) for s in batch)
     b = len(batch)
@@ -83,11 +85,13 @@ def collate(batch: list[TrainSample], pad_id: int = 0) -> dict[str, torch.Tensor
         start = s.prompt_len - 1  # logits at position prompt_len-1 predict the first response token
         mask[i, start : n - 1] = torch.tensor(s.loss_mask, dtype=torch.float)
         old[i, start : n - 1] = torch.tensor(s.old_logprobs, dtype=torch.float)
+    first = min(s.prompt_len for s in batch) - 1
     return {
         "input_ids": input_ids,
         "attention_mask": attention,
-        "targets": input_ids[:, 1:],
-        "mask": mask,
-        "old_logprobs": old,
+        "first": first,
+        "targets": input_ids[:, 1 + first :],
+        "mask": mask[:, first:],
+        "old_logprobs": old[:, first:],
         "advantages": torch.tensor([s.advantage for s in batch], dtype=torch.float),
     }

@@ -26,7 +26,7 @@ def test_shipped_configs_load_with_three_ordered_stages(name):
 
 
 def test_paper_defaults_apply_where_the_file_is_silent():
-    grpo = load_config(ROOT / "configs/default.yaml").grpo
+    grpo = load_config(ROOT / "configs/tiny.yaml").grpo
     assert grpo.estimator == "grpo" and grpo.kl_coef == 0.0 and grpo.grad_clip == 1.0
     assert grpo.clip_low == 0.2 and grpo.dual_clip == 3.0 and grpo.temperature == 1.0
 

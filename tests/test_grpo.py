@@ -95,10 +95,12 @@ def test_pack_pads_ranks_with_zero_weight_copies_when_samples_are_few():
 def test_collate_aligns_response_tokens_with_their_predicting_position():
     s = sample(3, 4, mask=[1, 0, 0, 1])
     t = collate([s, sample(2, 2)])
-    assert t["input_ids"].shape == (2, 7) and t["mask"].shape == (2, 6)
-    assert t["mask"][0].tolist() == [0, 0, 1, 0, 0, 1]  # position 2 predicts token 3 (first response token)
-    assert t["targets"][0, 2].item() == s.input_ids[3]
-    assert t["mask"][1].tolist() == [0, 1, 1, 0, 0, 0]  # padding never counts
+    # Logits start at position first = 1 (the shorter prompt's last token predicts its first response token).
+    assert t["input_ids"].shape == (2, 7) and t["first"] == 1 and t["mask"].shape == (2, 5)
+    assert t["mask"][0].tolist() == [0, 1, 0, 0, 1]  # position 2 predicts token 3 (first response token)
+    assert t["targets"][0, 1].item() == s.input_ids[3]
+    assert t["old_logprobs"][0].tolist() == [0, -0.5, -0.5, -0.5, -0.5]
+    assert t["mask"][1].tolist() == [1, 1, 0, 0, 0]  # padding never counts
 
 
 def test_sample_lengths_must_agree():

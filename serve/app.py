@@ -1,0 +1,337 @@
+"""The Med-R³ Ray Serve application: a trained policy with retrieval, over HTTP.
+
+    serve run serve/config.yaml                                       # the Serve config file in the repo
+    serve run serve.app:build_app config=configs/tiny.yaml            # any run config
+    python -m serve.app --config configs/default.yaml --checkpoint runs/x/checkpoints/step-40/hf
+
+Routes: `POST /v1/chat/completions` (OpenAI-compatible, SSE streaming), `POST /v1/answer` (the full protocol:
+reasoning, searches with their documents, answer), `GET /v1/models`, `GET /healthz`.
+
+One replica owns a vLLM `AsyncLLM` (continuous batching: every concurrent request shares the engine's steps) and a
+SearchPool. Chat streams tokens as the engine makes them and serves `<search>` calls between turns (serve/chat.py).
+/v1/answer collects concurrent requests with `@serve.batch` and runs them as one `medr3.rollout.Rollout` — the
+training code itself, so one batched search per turn for the whole batch — in a worker thread that hands generation
+back to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from uuid import uuid4
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from actors import vllm_compat
+from actors.retriever import RetrievalError
+from medr3.config import Config, ConfigError, ServeConfig, load_config
+from medr3.data import Question
+from medr3.protocol import build_prompt
+from medr3.rollout import Rollout, RolloutSettings, Trajectory
+from serve.auth import key_matches, load_key, presented_key, require_key_for_host
+from serve.chat import ChatTurns, chat_prompt
+from serve.responses import answer_body, complete, sse
+from serve.schemas import AnswerRequest, ApiError, ChatRequest, Limits, parse_request
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("ray.serve")  # replica logs go to Serve's log files
+api = FastAPI(title="Med-R³", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(ApiError(err.status_code, str(err.detail)).body(), status_code=err.status_code)
+
+
+@api.exception_handler(RetrievalError)
+async def _retrieval_error(_: Request, err: RetrievalError) -> JSONResponse:
+    log.error("retrieval failed: %s", err)
+    return JSONResponse(ApiError(503, "retrieval is unavailable; try again").body(), status_code=503)
+
+
+@api.exception_handler(Exception)
+async def _server_error(request: Request, err: Exception) -> JSONResponse:
+    # Our fault, not the client's: log the traceback (no headers, no body), answer without internals.
+    log.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse(ApiError(500, f"internal error ({type(err).__name__})").body(), status_code=500)
+
+
+def _open_search(config: Config):
+    from actors.retriever import SearchPool
+
+    # One pool per replica: its actors live and die with the replica.
+    return SearchPool(config.retriever.model_copy(update={"top_k": config.serve.top_k}))
+
+
+def _proxy_host() -> str | None:
+    """The address Serve's HTTP proxy really binds (a Serve config file may set it), when it can be read."""
+    try:
+        from ray.serve.context import _get_global_client  # private, but the only way to read the proxy's options
+
+        return _get_global_client().http_config.host
+    except Exception:
+        return None
+
+
+# Serve pickles the deployment class by value when it is decorated, with the module globals it uses: everything
+# it calls must be defined above it (or imported).
+
+
+@serve.deployment
+@serve.ingress(api)
+class MedR3Server:
+    """One replica: tokenizer, async vLLM engine, search pool; see the module docstring."""
+
+    def __init__(self, config: Config, model_path: str):
+        s = config.serve
+        self.config, self.model_path = config, model_path
+        self.key = load_key(s.api_key_env)
+        require_key_for_host(_proxy_host() or s.host, self.key, s.api_key_env)
+        self.limits = Limits.from_config(s)
+        self.max_body = 12 * s.max_prompt_chars + 65536  # JSON may escape one character into up to 12 bytes
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or model_path)
+        g = config.generator
+        self.engine = vllm_compat.create_async_engine(
+            model_path,
+            config.model.tokenizer or model_path,
+            config.model.dtype,
+            config.run.seed,
+            g.max_model_len,
+            g.kv_cache_gib,
+            g.gpu_memory_utilization,
+            g.enforce_eager,
+            g.max_num_seqs,
+            g.tensor_parallel_size,
+        )
+        self.search = _open_search(config) if s.retrieval else None
+        search_fn = self._search_async if self.search is not None else None
+        self.chat = ChatTurns(
+            self.tokenizer, search_fn, g.max_model_len, s.max_searches, config.rollout.max_document_tokens
+        )
+        self._answer_batch.set_max_batch_size(s.batch_size)
+        self._answer_batch.set_batch_wait_timeout_s(s.batch_wait_s)
+        log.info(
+            "serving %r from %s; retrieval %s; API key %s",
+            s.model_name,
+            model_path,
+            "on" if self.search is not None else "off",
+            f"required (from ${s.api_key_env})" if self.key else "off",
+        )
+
+    # --- routes
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        try:
+            await vllm_compat.check_engine(self.engine)
+        except Exception as err:  # the engine core died: report it, Serve's own check restarts the replica
+            return JSONResponse({"status": "unavailable", "reason": type(err).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "model": self.config.serve.model_name, "retrieval": bool(self.search)})
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        self._authorize(request)
+        name = self.config.serve.model_name
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "medr3"}]}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        self._authorize(request)
+        req: ChatRequest = parse_request(ChatRequest, await self._body(request), self.limits)
+        if req.model != self.config.serve.model_name:
+            message = f"model {req.model!r} does not exist; this server has {self._model!r}"
+            raise ApiError(404, message, "model", "model_not_found")
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        prompt_ids, prefill = chat_prompt(self.tokenizer, messages, req.continue_final_message)
+        room = self.config.generator.max_model_len - len(prompt_ids)
+        if room <= 0:
+            message = f"messages: the prompt is {len(prompt_ids)} tokens; the context holds {len(prompt_ids) + room}"
+            raise ApiError(400, message, "messages", "context_length_exceeded")
+        max_tokens = min(req.response_tokens or self.limits.max_tokens, room)
+        extra = {"presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty}
+
+        def stream_fn(r):
+            return vllm_compat.stream_async(self.engine, r, req.temperature, req.top_p, **extra)
+
+        runs = [
+            self.chat.run(stream_fn, prompt_ids, prefill, max_tokens, None if req.seed is None else req.seed + i)
+            for i in range(req.n)
+        ]
+        head = {"id": f"chatcmpl-{uuid4().hex}", "created": int(time.time()), "model": req.model}
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(sse(head, runs, len(prompt_ids), usage), media_type="text/event-stream")
+        return await complete(head, runs, len(prompt_ids))
+
+    @api.post("/v1/answer")
+    async def answer(self, request: Request) -> dict:
+        self._authorize(request)
+        start = time.perf_counter()
+        req: AnswerRequest = parse_request(AnswerRequest, await self._body(request), self.limits)
+        searches = self.config.serve.max_searches if req.max_searches is None else req.max_searches
+        searches = searches if self.search is not None else 0
+        question = Question(f"req-{uuid4().hex}", req.question, req.options or {}, None, "")
+        prompt = build_prompt(question, self.tokenizer, search=searches > 0, max_searches=searches)
+        if len(self.tokenizer(prompt, add_special_tokens=False).input_ids) >= self.config.generator.max_model_len:
+            raise ApiError(400, "question: too long for the model's context", "question", "context_length_exceeded")
+        traj: Trajectory = await self._answer_batch((question, searches))
+        return answer_body(traj, self.config.serve.snippet_chars, (time.perf_counter() - start) * 1000)
+
+    # --- /v1/answer: concurrent requests become one rollout batch
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def _answer_batch(self, jobs: list[tuple[Question, int]]) -> list[Trajectory]:
+        groups: dict[int, list[int]] = defaultdict(list)  # one rollout per max_searches value in the batch
+        for i, (_, searches) in enumerate(jobs):
+            groups[searches].append(i)
+        out: list[Trajectory | None] = [None] * len(jobs)
+        loop = asyncio.get_running_loop()
+
+        async def run(searches: int, idx: list[int]) -> None:
+            rollout = Rollout(self.tokenizer, self._generate_fn(loop), self._search_sync, self._settings(searches))
+            # Rollout is synchronous: it runs in a thread; its generate calls come back to this event loop.
+            trajs = await asyncio.to_thread(rollout.run, [jobs[i][0] for i in idx], 1, searches > 0)
+            for i, traj in zip(idx, trajs, strict=True):
+                out[i] = traj
+
+        await asyncio.gather(*(run(s, idx) for s, idx in groups.items()))
+        return out
+
+    def _settings(self, searches: int) -> RolloutSettings:
+        c = self.config
+        return RolloutSettings(
+            c.serve.max_tokens, c.generator.max_model_len, searches, c.rollout.max_document_tokens, c.run.seed
+        )
+
+    def _generate_fn(self, loop: asyncio.AbstractEventLoop):
+        s = self.config.serve
+
+        async def generate_all(requests):
+            return await asyncio.gather(
+                *(vllm_compat.generate_async(self.engine, r, s.temperature, s.top_p) for r in requests)
+            )
+
+        return lambda requests: asyncio.run_coroutine_threadsafe(generate_all(requests), loop).result()
+
+    def _search_sync(self, queries: list[str]) -> list[list[dict]]:
+        return self.search.batch_search(queries, self.config.serve.top_k)
+
+    async def _search_async(self, queries: list[str]) -> list[list[dict]]:
+        return await asyncio.to_thread(self._search_sync, queries)
+
+    # --- helpers
+
+    @property
+    def _model(self) -> str:
+        return self.config.serve.model_name
+
+    def _authorize(self, request: Request) -> None:
+        if self.key is not None and not key_matches(presented_key(request.headers), self.key):
+            message = "missing or invalid API key (send 'Authorization: Bearer <key>')"
+            raise ApiError(401, message, None, "invalid_api_key")
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            raise ApiError(413, f"body: larger than {self.max_body} bytes", "body", "request_too_large")
+        raw = await request.body()
+        if len(raw) > self.max_body:
+            raise ApiError(413, f"body: larger than {self.max_body} bytes", "body", "request_too_large")
+        return raw
+
+    async def check_health(self) -> None:
+        """Serve calls this periodically; raising makes it replace the replica."""
+        await vllm_compat.check_engine(self.engine)
+
+    def __del__(self) -> None:
+        if getattr(self, "engine", None) is not None:
+            vllm_compat.shutdown_engine(self.engine)
+        if getattr(self, "search", None) is not None:
+            self.search.shutdown()
+
+
+# --- building the application
+
+
+def deployment_options(s: ServeConfig) -> dict:
+    """Replicas (fixed or autoscaled) and per-replica resources from the config."""
+    options = {
+        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+        "max_ongoing_requests": s.max_ongoing_requests,
+        "health_check_period_s": 10,
+    }
+    if s.autoscaling:
+        options["autoscaling_config"] = {
+            "min_replicas": s.min_replicas,
+            "max_replicas": s.max_replicas,
+            "target_ongoing_requests": s.target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = s.replicas
+    return options
+
+
+def load_serve_config(args: dict) -> tuple[Config, str]:
+    """The run config (`config`, default configs/default.yaml, with `set` overrides) and the model folder to serve
+    (`checkpoint`, else serve.checkpoint, else model.path). Raises ConfigError on a bad config or a missing model."""
+    overrides = args.get("set") or []
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    # Serve may build the app in a worker whose directory is not the repo: resolve relative paths against the repo.
+    os.environ.setdefault("MEDR3_ROOT", str(ROOT))
+    config_path = Path(args.get("config") or "configs/default.yaml")
+    config = load_config(config_path if config_path.is_absolute() else ROOT / config_path, overrides)
+    model_path = Path(args.get("checkpoint") or config.serve.checkpoint or config.model.path)
+    model_path = model_path if model_path.is_absolute() else Path(os.environ["MEDR3_ROOT"]) / model_path
+    if not (model_path / "config.json").is_file():
+        raise ConfigError(f"checkpoint {model_path}: not an HF model folder (no config.json)")
+    return config, str(model_path)
+
+
+def build_app(args: dict) -> serve.Application:
+    """Serve's application builder (`serve run serve.app:build_app config=… checkpoint=…`)."""
+    config, model_path = load_serve_config(args)
+    return _application(config, model_path)
+
+
+def _application(config: Config, model_path: str) -> serve.Application:
+    s = config.serve
+    require_key_for_host(s.host, load_key(s.api_key_env), s.api_key_env)  # fail before anything loads
+    return MedR3Server.options(**deployment_options(s)).bind(config, model_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Serve a Med-R³ policy over HTTP (blocks until interrupted).")
+    parser.add_argument("--config", default=str(ROOT / "configs/default.yaml"))
+    parser.add_argument("--checkpoint", help="HF folder to serve (default: serve.checkpoint, else model.path).")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Config override.")
+    args = parser.parse_args(argv)
+    try:
+        config, model_path = load_serve_config(vars(args))
+        app = _application(config, model_path)
+    except (ConfigError, RuntimeError) as err:
+        print(f"[serve] error: {err}", file=sys.stderr)
+        return 2
+    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    serve.run(app, name="medr3", route_prefix="/", blocking=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

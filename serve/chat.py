@@ -1,0 +1,100 @@
+"""Chat generation that serves the model's searches, turn by turn, as the training rollout does (medr3.rollout).
+
+A turn streams tokens until ``</answer>``, ``<document>`` (the model imitating the system: stop, as training does),
+EOS, the token budget, or ``</search>``; after ``</search>`` the query is searched, the top documents are appended
+as ``<document>`` spans (tags stripped, each truncated to the rollout's document budget) and the next turn starts.
+Token ids are appended, never re-decoded text. The client sees generated text and inserted documents in order, so
+the transcript is exactly what the model read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from medr3.protocol import ANSWER_STOP, SEARCH_STOP, format_documents, search_query, strip_tags
+from medr3.rollout import DOCUMENT_OPEN, Completion, GenRequest
+
+StreamFn = Callable[[GenRequest], AsyncIterator[Completion]]
+AsyncSearchFn = Callable[[list[str]], Awaitable[list[list[dict]]]]
+
+
+@dataclass
+class Piece:
+    """A span of one choice's output: `generated` tokens of model text (0 for inserted documents); the last piece
+    of a choice has `finish_reason` ("stop" or "length") and no text."""
+
+    text: str
+    generated: int
+    finish_reason: str | None = None
+
+
+def chat_prompt(tokenizer, messages: list[dict], continue_final: bool) -> tuple[list[int], str]:
+    """Prompt token ids through the chat template, and the assistant prefill text being continued ("" if none)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final
+        )
+    else:  # a base model: a plain transcript
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        text = text.rstrip("\n") if continue_final else text + "assistant: "
+    prefill = messages[-1]["content"] if continue_final else ""
+    return tokenizer(text, add_special_tokens=False).input_ids, prefill
+
+
+@dataclass
+class ChatTurns:
+    """Runs one choice of a chat request; `search_fn` None = no retrieval (``</search>`` is then plain text)."""
+
+    tokenizer: object
+    search_fn: AsyncSearchFn | None
+    max_model_len: int
+    max_searches: int
+    max_document_tokens: int
+
+    async def run(
+        self, stream_fn: StreamFn, prompt_ids: list[int], prefill: str, max_tokens: int, seed: int | None
+    ) -> AsyncIterator[Piece]:
+        ids, generated, searches, turn = list(prompt_ids), 0, 0, 0
+        # A prefill that ends in a search is answered first, as if the model had just written it.
+        query = search_query(prefill) if self._can_search(0) else None
+        carry = "" if query is not None else prefill  # text of the open turn that generation continues
+        while True:
+            if query is not None:
+                text = await self._documents(query)
+                inserted = self.tokenizer(text, add_special_tokens=False).input_ids
+                ids += inserted[: max(self.max_model_len - len(ids), 0)]
+                searches += 1
+                yield Piece(text, 0)
+            budget = min(max_tokens - generated, self.max_model_len - len(ids))
+            if budget <= 0:
+                yield Piece("", 0, "length")
+                return
+            stops = (ANSWER_STOP, DOCUMENT_OPEN) + ((SEARCH_STOP,) if self._can_search(searches) else ())
+            request = GenRequest(ids, budget, stops, None if seed is None else seed + turn)
+            turn_text, carry, last = carry, "", None
+            async for delta in stream_fn(request):
+                ids += delta.token_ids
+                generated += len(delta.token_ids)
+                turn_text += delta.text
+                if delta.text or delta.token_ids:
+                    yield Piece(delta.text, len(delta.token_ids))
+                last = delta
+            if last is None or last.stop_reason != SEARCH_STOP:
+                yield Piece("", 0, "length" if last is not None and last.finish_reason == "length" else "stop")
+                return
+            query = search_query(turn_text) or ""  # an empty query is answered with no documents, as in training
+            turn += 1
+
+    def _can_search(self, done: int) -> bool:
+        return self.search_fn is not None and done < self.max_searches
+
+    async def _documents(self, query: str) -> str:
+        docs = (await self.search_fn([query]))[0] if query else []
+        return format_documents([self._truncate(d) for d in docs]) if docs else "\n"
+
+    def _truncate(self, doc: dict) -> dict:
+        ids = self.tokenizer(strip_tags(str(doc.get("text", ""))), add_special_tokens=False).input_ids
+        if len(ids) <= self.max_document_tokens:
+            return doc
+        return {**doc, "text": self.tokenizer.decode(ids[: self.max_document_tokens])}

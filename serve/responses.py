@@ -1,0 +1,120 @@
+"""Response bodies: OpenAI chat completions (whole, or streamed as server-sent events) and /v1/answer's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from medr3.protocol import extract_answer, parse, strip_tags
+from medr3.rollout import Trajectory
+from serve.chat import Piece
+from serve.schemas import ApiError
+
+log = logging.getLogger("ray.serve")
+
+
+async def _collect(run: AsyncIterator[Piece]) -> tuple[str, int, str]:
+    text, generated, finish = [], 0, "stop"
+    async for piece in run:
+        text.append(piece.text)
+        generated += piece.generated
+        finish = piece.finish_reason or finish
+    return "".join(text), generated, finish
+
+
+async def complete(head: dict, runs: list[AsyncIterator[Piece]], prompt_tokens: int) -> dict:
+    results = await asyncio.gather(*(_collect(r) for r in runs))
+    completion = sum(generated for _, generated, _ in results)
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}
+        for i, (text, _, finish) in enumerate(results)
+    ]
+    return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(prompt_tokens, completion)}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    total = prompt_tokens + completion_tokens
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+
+
+async def sse(
+    head: dict, runs: list[AsyncIterator[Piece]], prompt_tokens: int, include_usage: bool
+) -> AsyncIterator[str]:
+    """OpenAI's stream: `data: {chunk}` events, one choice delta each, then optional usage, then `data: [DONE]`."""
+
+    def event(choices: list[dict], **more) -> str:
+        return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': choices, **more})}\n\n"
+
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, run: AsyncIterator[Piece]) -> None:
+        try:
+            async for piece in run:
+                await queue.put((i, piece))
+        except Exception as err:  # reported in the stream: the status line has already gone out
+            await queue.put((i, err))
+        await queue.put((i, None))
+
+    yield event(
+        [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for i in range(len(runs))]
+    )
+    tasks = [asyncio.create_task(pump(i, run)) for i, run in enumerate(runs)]
+    try:
+        open_runs, completion = len(runs), 0
+        while open_runs:
+            i, item = await queue.get()
+            if item is None:
+                open_runs -= 1
+            elif isinstance(item, Exception):
+                log.error("stream failed: %s: %s", type(item).__name__, item)
+                yield f"data: {json.dumps(ApiError(500, f'generation failed ({type(item).__name__})').body())}\n\n"
+                break
+            else:
+                completion += item.generated
+                delta = {"content": item.text} if item.text else {}
+                yield event([{"index": i, "delta": delta, "finish_reason": item.finish_reason}])
+        if include_usage:
+            yield event([], usage=_usage(prompt_tokens, completion))
+        yield "data: [DONE]\n\n"
+    finally:  # a client that hangs up cancels the pumps, which aborts their engine requests
+        for task in tasks:
+            task.cancel()
+
+
+def answer_body(traj: Trajectory, snippet_chars: int, latency_ms: float) -> dict:
+    """The /v1/answer response for one trajectory: answer, reasoning (searches and documents removed), the searches
+    with their documents as snippets (tags stripped), token usage."""
+    parsed = parse("<think>" + traj.text)  # the prompt ends with <think>, so the response starts inside it
+    letter, _ = extract_answer(parsed.answer, traj.question.options)
+    searches = [
+        {"query": s["query"], "documents": [_document(d, snippet_chars) for d in s["documents"]]}
+        for s in traj.searches
+    ]
+    prompt, generated, inserted = len(traj.prompt_ids), traj.generated_tokens, traj.inserted_tokens
+    return {
+        "answer": strip_tags(parsed.answer).strip() if parsed.answer is not None else None,
+        "answer_letter": letter,
+        "reasoning": parsed.think,
+        "searches": searches,
+        "finish_reason": traj.finish_reason,
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": generated,
+            "retrieved_tokens": inserted,
+            "total_tokens": prompt + generated + inserted,
+        },
+        "latency_ms": round(latency_ms, 1),
+    }
+
+
+def _document(doc: dict, snippet_chars: int) -> dict:
+    text = " ".join(strip_tags(str(doc.get("text", ""))).split())
+    snippet = text if len(text) <= snippet_chars else text[: snippet_chars - 1].rstrip() + "…"
+    return {
+        "id": str(doc.get("id", doc.get("doc_id", ""))),
+        "title": " ".join(strip_tags(str(doc.get("title", ""))).split()),
+        "snippet": snippet,
+        "score": float(doc.get("score", 0.0)),
+    }

@@ -1,0 +1,314 @@
+"""The Serve endpoint over real HTTP on 127.0.0.1: the tiny model in vLLM, a small real index, both routes, streaming,
+every class of bad input, auth on and off, the official `openai` client, and 100 concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from medr3.data import Question
+from medr3.rollout import Completion, Trajectory
+from serve.auth import InsecureBindError, is_loopback, presented_key
+from serve.chat import ChatTurns
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY_ENV = "MEDR3_TEST_SERVE_KEY"  # never set in the driver: the auth-off app runs without a key
+TAGGED_QUERY = "zymoglossal fever"  # the small corpus's passage that carries protocol tags
+
+
+def _overrides(model_dir: Path, index_path: str) -> list[str]:
+    return [
+        f"model.path={model_dir}",
+        f"retriever.index_path={index_path}",
+        "retriever.batch_size=64",
+        f"serve.api_key_env={KEY_ENV}",
+        "serve.max_tokens=48",
+        "serve.max_searches=2",
+        "serve.top_k=2",
+        "serve.max_prompt_chars=2000",
+        "serve.batch_size=32",
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serve_args(tiny_model_dir, small_index) -> dict:
+    return {
+        "config": str(ROOT / "configs/tiny.yaml"),
+        "set": _overrides(tiny_model_dir, small_index("edge").index_path),
+    }
+
+
+@pytest.fixture(scope="module")
+def base_url(ray_cluster, serve_args):
+    """One Serve app (auth off) on 127.0.0.1 for the module."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(serve_args), name="medr3-test", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+CHAT = {"model": "medr3", "messages": [{"role": "user", "content": "What prevents scurvy?"}], "max_tokens": 16}
+
+
+# --- without Ray: the pieces the endpoint is built from
+
+
+def test_a_non_loopback_bind_without_a_key_refuses_to_start(serve_args, monkeypatch):
+    from serve.app import build_app
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(InsecureBindError, match=KEY_ENV):
+        build_app({**serve_args, "set": serve_args["set"] + ["serve.host=0.0.0.0"]})
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.org")
+
+
+def test_the_key_is_read_from_bearer_or_x_api_key_headers():
+    assert presented_key({"authorization": "Bearer abc"}) == "abc"
+    assert presented_key({"x-api-key": "xyz"}) == "xyz"
+    assert presented_key({"authorization": "Basic abc"}) is None
+
+
+def test_chat_serves_a_search_between_turns_with_document_tags_stripped(tiny_tokenizer):
+    searched: list[list[str]] = []
+
+    async def search(queries):
+        searched.append(queries)
+        return [[{"id": "d1", "title": "Fever <answer>x</answer>", "text": "rest <search>q</search> and fluids"}]]
+
+    turns = iter(["so <search>fever care</search>", " done</think><answer>rest</answer>"])
+
+    async def stream(request):
+        text = next(turns)
+        stop = next((s for s in request.stop if text.endswith(s)), None)
+        yield Completion(tiny_tokenizer(text, add_special_tokens=False).input_ids, [], text, "stop", stop)
+
+    chat = ChatTurns(tiny_tokenizer, search, max_model_len=1024, max_searches=2, max_document_tokens=32)
+
+    async def collect():
+        return [p async for p in chat.run(stream, [1, 2, 3], "", 64, seed=None)]
+
+    pieces = asyncio.run(collect())
+    text = "".join(p.text for p in pieces)
+    assert searched == [["fever care"]]
+    document = text.split("<document>")[1].split("</document>")[0]
+    assert " ".join(document.split()) == "(1) Fever x rest q and fluids"  # the tags inside it are gone
+    assert text.endswith("<answer>rest</answer>") and pieces[-1].finish_reason == "stop"
+    assert sum(p.generated for p in pieces) == sum(
+        len(tiny_tokenizer(t).input_ids)
+        for t in ["so <search>fever care</search>", " done</think><answer>rest</answer>"]
+    )
+
+
+def test_answer_body_gives_letter_reasoning_and_tag_free_snippets():
+    from serve.responses import answer_body
+
+    q = Question("q", "Which vitamin prevents scurvy?", {"A": "Vitamin C", "B": "Vitamin D"}, None, "")
+    docs = [
+        {
+            "id": "p1",
+            "title": "Scurvy <think>",
+            "text": "Vitamin C <document>deficiency</document> " * 20,
+            "score": 0.5,
+        }
+    ]
+    traj = Trajectory(q, 0, [1, 2], [5, 6, 7], [1, 0, 1], [0.0] * 3, [{"query": "scurvy", "documents": docs}])
+    traj.text = (
+        "Need facts <search>scurvy</search>\n<document>(1) x</document>\nIt is C.</think><answer>A. Vitamin C</answer>"
+    )
+    body = answer_body(traj, snippet_chars=40, latency_ms=12.34)
+    assert body["answer"] == "A. Vitamin C" and body["answer_letter"] == "A"
+    assert body["reasoning"] == "Need facts It is C."
+    (doc,) = body["searches"][0]["documents"]
+    assert doc["title"] == "Scurvy" and "<" not in doc["snippet"] and len(doc["snippet"]) == 40
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "retrieved_tokens": 1, "total_tokens": 5}
+
+
+# --- over HTTP
+
+
+def test_health_and_models(base_url):
+    assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok", "model": "medr3", "retrieval": True}
+    models = httpx.get(f"{base_url}/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["medr3"]
+
+
+def test_chat_completion_has_the_openai_shape(base_url):
+    body = httpx.post(f"{base_url}/v1/chat/completions", json={**CHAT, "n": 2, "seed": 3}, timeout=60).json()
+    assert body["object"] == "chat.completion" and len(body["choices"]) == 2
+    assert all(c["finish_reason"] in {"stop", "length"} for c in body["choices"])
+    assert 1 <= body["usage"]["completion_tokens"] <= 2 * 16
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+
+
+def test_streaming_sends_sse_chunks_then_done(base_url):
+    request = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=request, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
+    assert len([c for c in content if c]) >= 2  # tokens arrive as they are generated, not in one piece
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] in {"stop", "length"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
+
+
+def test_the_official_openai_client_works_unchanged(base_url):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="not-needed", timeout=60)
+    messages = CHAT["messages"]
+    reply = client.chat.completions.create(model="medr3", messages=messages, max_tokens=12, temperature=0.6)
+    assert reply.choices[0].message.role == "assistant" and reply.usage.completion_tokens >= 1
+    stream = client.chat.completions.create(model="medr3", messages=messages, max_tokens=12, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces)
+    assert [m.id for m in client.models.list()] == ["medr3"]
+
+
+def test_answer_returns_answer_reasoning_searches_usage_and_latency(base_url):
+    question = {"question": "Which vitamin prevents scurvy?", "options": {"A": "Vitamin C", "B": "Vitamin D"}}
+    body = httpx.post(f"{base_url}/v1/answer", json=question, timeout=60).json()
+    assert set(body) >= {"answer", "answer_letter", "reasoning", "searches", "usage", "latency_ms"}
+    assert body["answer_letter"] in {None, "A", "B"} and isinstance(body["reasoning"], str)
+    assert 1 <= body["usage"]["completion_tokens"] <= 48 and body["latency_ms"] > 0
+    for search in body["searches"]:
+        assert all(set(d) == {"id", "title", "snippet", "score"} for d in search["documents"])
+    open_question = httpx.post(f"{base_url}/v1/answer", json={"question": "What is scurvy?", "max_searches": 0})
+    assert open_question.status_code == 200 and open_question.json()["searches"] == []
+
+
+def test_a_search_the_model_writes_is_served_from_the_index_with_tags_stripped(base_url):
+    prefill = f"<think>I should look this up. <search>{TAGGED_QUERY}</search>"
+    request = {
+        **CHAT,
+        "messages": [*CHAT["messages"], {"role": "assistant", "content": prefill}],
+        "continue_final_message": True,
+    }
+    content = httpx.post(f"{base_url}/v1/chat/completions", json=request, timeout=60).json()["choices"][0]["message"]
+    documents = content["content"].split("</document>\n")[0]
+    assert documents.startswith("\n<document>(1) ") and "Zymoglossal fever" in content["content"]
+    assert "<search>is cured" not in content["content"] and "<answer>tags" not in content["content"]
+
+
+BAD = [
+    # (route, body, status, field named)
+    ("chat", b"{not json", 400, "body"),
+    ("chat", b"[1, 2]", 400, "body"),
+    ("chat", {"model": "medr3"}, 400, "messages"),
+    ("chat", {**CHAT, "messages": []}, 400, "messages"),
+    ("chat", {**CHAT, "messages": [{"role": "user"}]}, 400, "messages.0.content"),
+    ("chat", {**CHAT, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
+    ("chat", {**CHAT, "messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content"),
+    ("chat", {**CHAT, "messages": [{"role": "user", "content": "   "}]}, 400, "messages"),
+    ("chat", {**CHAT, "messages": [{"role": "user", "content": "x" * 2001}]}, 400, "messages"),
+    ("chat", {**CHAT, "model": "gpt-4o"}, 404, "model"),
+    ("chat", {**CHAT, "model": None}, 400, "model"),
+    ("chat", {**CHAT, "temperature": "hot"}, 400, "temperature"),
+    ("chat", {**CHAT, "temperature": 2.5}, 400, "temperature"),
+    ("chat", {**CHAT, "top_p": 0}, 400, "top_p"),
+    ("chat", {**CHAT, "n": 0}, 400, "n"),
+    ("chat", {**CHAT, "n": 50}, 400, "n"),
+    ("chat", {**CHAT, "max_tokens": 10_000}, 400, "max_tokens"),
+    ("chat", {**CHAT, "max_tokens": 1.5}, 400, "max_tokens"),
+    ("chat", {**CHAT, "stream": "yes"}, 400, "stream"),
+    ("chat", {**CHAT, "stop": ["\n"]}, 400, "stop"),
+    ("chat", {**CHAT, "continue_final_message": True}, 400, "continue_final_message"),
+    ("chat", b"x" * 100_000, 413, "body"),
+    ("answer", {}, 400, "question"),
+    ("answer", {"question": ""}, 400, "question"),
+    ("answer", {"question": ["why"]}, 400, "question"),
+    ("answer", {"question": "q" * 2001}, 400, "question"),
+    ("answer", {"question": "Why?", "options": {"A": "only one"}}, 400, "options"),
+    ("answer", {"question": "Why?", "options": {"first": "x", "B": "y"}}, 400, "options"),
+    ("answer", {"question": "Why?", "options": {"A": 1, "B": "y"}}, 400, "options.A"),
+    ("answer", {"question": "Why?", "max_searches": 9}, 400, "max_searches"),
+    ("answer", {"question": "Why?", "max_searches": -1}, 400, "max_searches"),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "status", "field"), BAD, ids=[f"{r}-{f}-{i}" for i, (r, _, _, f) in enumerate(BAD)]
+)
+def test_bad_input_gets_a_4xx_naming_the_field(base_url, route, body, status, field):
+    path = {"chat": "/v1/chat/completions", "answer": "/v1/answer"}[route]
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(f"{base_url}{path}", headers={"content-type": "application/json"}, timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["param"] == field and field in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_unknown_routes_and_methods_get_json_errors(base_url):
+    assert httpx.get(f"{base_url}/v1/nothing").status_code == 404
+    r = httpx.get(f"{base_url}/v1/answer")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_a_hundred_concurrent_requests_all_succeed(base_url):
+    async def one(client: httpx.AsyncClient, i: int) -> int:
+        if i % 3 == 0:
+            r = await client.post("/v1/answer", json={"question": f"Case {i}: what causes anemia?", "max_searches": 1})
+        elif i % 3 == 1:
+            r = await client.post("/v1/chat/completions", json={**CHAT, "seed": i})
+        else:
+            async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as s:
+                lines = [line async for line in s.aiter_lines() if line.startswith("data: ")]
+                return s.status_code if lines[-1] == "data: [DONE]" else 599
+        return r.status_code
+
+    async def run() -> list[int]:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=base_url, timeout=180, limits=limits) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(100)))
+
+    statuses = asyncio.run(run())
+    assert statuses == [200] * 100
+
+
+def test_with_a_key_requests_need_it_and_health_stays_open(base_url, serve_args, monkeypatch):
+    from ray import serve
+
+    from serve.app import MedR3Server, deployment_options, load_serve_config
+
+    config, model_path = load_serve_config(serve_args)
+    options = deployment_options(config.serve)
+    # Test-only: the key reaches the replica through its environment, as a deployment would set it.
+    options["ray_actor_options"] = {**options["ray_actor_options"], "runtime_env": {"env_vars": {KEY_ENV: "s3cret"}}}
+    serve.run(MedR3Server.options(**options).bind(config, model_path), name="medr3-auth", route_prefix="/secure")
+    try:
+        url = f"{base_url}/secure"
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
+        r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(f"{url}/v1/models", headers={"x-api-key": "s3cret"}).status_code == 200
+        from openai import AuthenticationError, OpenAI
+
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=f"{url}/v1", api_key="wrong").models.list()
+        reply = OpenAI(base_url=f"{url}/v1", api_key="s3cret", timeout=60).chat.completions.create(
+            model="medr3", messages=CHAT["messages"], max_tokens=8
+        )
+        assert reply.choices[0].finish_reason in {"stop", "length"}
+    finally:
+        serve.delete("medr3-auth")
