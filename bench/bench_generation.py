@@ -51,8 +51,16 @@ def bench_hf(model_dir: Path, tokenizer, ids: list[list[int]], n: int, max_token
     torch.manual_seed(0)
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0,
-                             top_p=1.0, max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=pad)
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=max_tokens,
+            num_return_sequences=n,
+            pad_token_id=pad,
+        )
     elapsed = time.perf_counter() - start
     new = out[:, width:]
     eos = tokenizer.eos_token_id
@@ -87,8 +95,13 @@ def bench_rollout(pool, tokenizer, config, count: int) -> dict:
     wall = time.perf_counter() - start
     search.shutdown()
     searches = sum(len(t.searches) for t in trajs)
-    return {"trajectories": len(trajs), "traj_per_s": len(trajs) / wall, "searches": searches,
-            "retrieval_share": spent[0] / wall, "wall_s": wall}
+    return {
+        "trajectories": len(trajs),
+        "traj_per_s": len(trajs) / wall,
+        "searches": searches,
+        "retrieval_share": spent[0] / wall,
+        "wall_s": wall,
+    }
 
 
 def main() -> None:
@@ -122,13 +135,20 @@ def main() -> None:
         pool.shutdown()
         h_s, h_tok = bench_hf(model_dir, tokenizer, ids[: args.hf_prompts], args.n, args.max_tokens)
         results[name] = {
-            "vllm_tok_per_s": v_tok / v_s, "vllm_tokens": v_tok, "hf_tok_per_s": h_tok / h_s, "hf_tokens": h_tok,
-            "ratio": (v_tok / v_s) / (h_tok / h_s), "rollout": rollout,
+            "vllm_tok_per_s": v_tok / v_s,
+            "vllm_tokens": v_tok,
+            "hf_tok_per_s": h_tok / h_s,
+            "hf_tokens": h_tok,
+            "ratio": (v_tok / v_s) / (h_tok / h_s),
+            "rollout": rollout,
         }
         r = results[name]
-        print(f"{name:8s} vLLM actor {r['vllm_tok_per_s']:8.1f} tok/s | HF generate {r['hf_tok_per_s']:7.1f} tok/s | "
-              f"ratio {r['ratio']:5.2f}x | rollout {rollout['traj_per_s']:.2f} traj/s, "
-              f"{rollout['searches']} searches, retrieval {100 * rollout['retrieval_share']:.1f}% of wall", flush=True)
+        print(
+            f"{name:8s} vLLM actor {r['vllm_tok_per_s']:8.1f} tok/s | HF generate {r['hf_tok_per_s']:7.1f} tok/s | "
+            f"ratio {r['ratio']:5.2f}x | rollout {rollout['traj_per_s']:.2f} traj/s, "
+            f"{rollout['searches']} searches, retrieval {100 * rollout['retrieval_share']:.1f}% of wall",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     ray.shutdown()

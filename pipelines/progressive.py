@@ -146,9 +146,16 @@ class ProgressiveTrainer:
         record = {"global_step": self.pos["global_step"], "stage": name, "stage_step": self.pos["stage_step"] + 1}
         record |= scores.metrics() | rollout_metrics(trajs) | {f"train/{k}": v for k, v in train.items()}
         record["train/kl"] = train.get("approx_kl", 0.0)
-        self.log.sample({"global_step": record["global_step"], "stage": name, "question": trajs[0].question.question,
-                         "gold": trajs[0].question.answer_text, "response": trajs[0].text,
-                         "reward": scores.items[0]})
+        self.log.sample(
+            {
+                "global_step": record["global_step"],
+                "stage": name,
+                "question": trajs[0].question.question,
+                "gold": trajs[0].question.answer_text,
+                "response": trajs[0].text,
+                "reward": scores.items[0],
+            }
+        )
         return record
 
     def finish_record(self, record: dict) -> None:

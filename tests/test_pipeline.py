@@ -43,8 +43,9 @@ def wait_for(predicate, timeout=600):
         time.sleep(0.5)
 
 
-needs_index = pytest.mark.skipif(not (ROOT / "artifacts/index/default/manifest.json").exists(),
-                                 reason="the corpus index is built by ./setup.sh")
+needs_index = pytest.mark.skipif(
+    not (ROOT / "artifacts/index/default/manifest.json").exists(), reason="the corpus index is built by ./setup.sh"
+)
 
 
 @pytest.mark.slow
@@ -54,8 +55,9 @@ def test_three_stage_run_completes_even_when_a_generator_dies(ray_cluster, tmp_p
 
     proc = start(job_args(tmp_path, extra=[f"model.path={tiny_model_dir}"]), ray_cluster)
     wait_for(lambda: len(records(tmp_path)) >= 1 or proc.poll() is not None)
-    generators = [a for a in list_actors(filters=[("class_name", "=", "GeneratorWorker"), ("state", "=", "ALIVE")])
-                  if a.pid]
+    generators = [
+        a for a in list_actors(filters=[("class_name", "=", "GeneratorWorker"), ("state", "=", "ALIVE")]) if a.pid
+    ]
     for actor in generators:
         try:  # the job's engine (the session's own tiny_pool may be alive too: killing it is survivable as well)
             os.kill(actor.pid, signal.SIGKILL)
@@ -69,7 +71,9 @@ def test_three_stage_run_completes_even_when_a_generator_dies(ray_cluster, tmp_p
     assert all(r["rollout/searches_per_traj"] == 0 for r in rows[:2])
     last = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
     assert last.name == "step-000006" and (last / "hf/config.json").exists()
-    assert (tmp_path / "report.png").stat().st_size > 10_000 and "| joint | 2 |" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "report.png").stat().st_size > 10_000 and "| joint | 2 |" in (
+        tmp_path / "summary.md"
+    ).read_text()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents*"))
     assert "[done] 6 steps" in out
 
@@ -90,13 +94,24 @@ def test_a_killed_job_resumes_with_continuous_steps(ray_cluster, tmp_path, tiny_
     rows = records(tmp_path)
     assert [r["global_step"] for r in rows] == [1, 2, 3, 4, 5]
     assert [(r["stage"], r["stage_step"]) for r in rows] == [
-        ("reasoning", 1), ("retrieval", 1), ("retrieval", 2), ("retrieval", 3), ("joint", 1)]
+        ("reasoning", 1),
+        ("retrieval", 1),
+        ("retrieval", 2),
+        ("retrieval", 3),
+        ("joint", 1),
+    ]
 
 
 def test_a_bad_config_fails_before_any_actor_starts(tmp_path):
     started = time.monotonic()
-    result = subprocess.run(job_args(tmp_path, extra=["grpo.samples_per_prompt=1"]), capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, timeout=120)
+    result = subprocess.run(
+        job_args(tmp_path, extra=["grpo.samples_per_prompt=1"]),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "RAY_ADDRESS": ""},
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "grpo.samples_per_prompt" in result.stderr and "configs/tiny.yaml" in result.stderr
     assert "Ray" not in result.stdout + result.stderr.replace("ray", "")  # no cluster was started
@@ -104,8 +119,14 @@ def test_a_bad_config_fails_before_any_actor_starts(tmp_path):
 
 
 def test_missing_inputs_are_named_before_any_actor_starts(tmp_path):
-    result = subprocess.run(job_args(tmp_path, extra=["model.path=/nonexistent/model"]), capture_output=True,
-                            text=True, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, timeout=120)
+    result = subprocess.run(
+        job_args(tmp_path, extra=["model.path=/nonexistent/model"]),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "RAY_ADDRESS": ""},
+        timeout=120,
+    )
     assert result.returncode == 2 and "model.path: /nonexistent/model/config.json does not exist" in result.stderr
 
 
@@ -117,14 +138,39 @@ def test_ray_job_submit_against_the_local_head(ray_cluster, tmp_path, tiny_model
     args = job_args(tmp_path, steps=(1, 0, 0), extra=[f"model.path={tiny_model_dir}"])
     args = [sys.executable, "pipelines/progressive.py"] + args[2:]
     result = subprocess.run(
-        [str(ROOT / ".venv/bin/ray") if (ROOT / ".venv/bin/ray").exists() else "ray", "job", "submit",
-         "--address", f"http://{dashboard}", "--working-dir", str(ROOT),
-         "--runtime-env-json", json.dumps(runtime_env), "--", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        [
+            str(ROOT / ".venv/bin/ray") if (ROOT / ".venv/bin/ray").exists() else "ray",
+            "job",
+            "submit",
+            "--address",
+            f"http://{dashboard}",
+            "--working-dir",
+            str(ROOT),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "succeeded" in result.stdout and "[done] 1 steps" in result.stdout
     assert [r["stage"] for r in records(tmp_path)] == ["reasoning"]
 
 
-EXCLUDES = [".venv/", "artifacts/", "runs/", "checkpoints/", ".git/", "**/__pycache__/", ".pytest_cache/",
-            ".ruff_cache/", ".hypothesis/", "*.egg-info/"]
+EXCLUDES = [
+    ".venv/",
+    "artifacts/",
+    "runs/",
+    "checkpoints/",
+    ".git/",
+    "**/__pycache__/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".hypothesis/",
+    "*.egg-info/",
+]
