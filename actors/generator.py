@@ -20,6 +20,10 @@ from medr3.rollout import Completion, GenRequest
 log = logging.getLogger(__name__)
 
 
+# A worker that was killed or is restarting: Ray restarts it (max_restarts), the pool re-syncs it and retries.
+_WORKER_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
 class StaleWeightsError(RuntimeError):
     """An update carried a version no newer than the one the engine already serves."""
 
@@ -144,7 +148,7 @@ class GeneratorPool:
                 continue
             try:
                 results = ray.get(ref)
-            except ray.exceptions.RayActorError:
+            except _WORKER_GONE:
                 # The worker died mid-call: Ray restarts it; bring it to the current weights and retry once.
                 log.warning("generator %d died during generate; retrying once after restart", i)
                 self._recover(i)
@@ -155,8 +159,14 @@ class GeneratorPool:
     def update_weights(self, state: dict[str, torch.Tensor] | ray.ObjectRef, version: int) -> None:
         """Push weights to every worker: one object-store put, N reads; stamped with `version`."""
         ref = state if isinstance(state, ray.ObjectRef) else ray.put(state)
-        ray.get([a.update_weights.remote(ref, version) for a in self.actors])
         self.weights_ref, self.version = ref, version
+        refs = [a.update_weights.remote(ref, version) for a in self.actors]
+        for i, r in enumerate(refs):
+            try:
+                ray.get(r)
+            except _WORKER_GONE:
+                log.warning("generator %d died during a weight update; re-syncing it after restart", i)
+                self._recover(i)
 
     def _recover(self, i: int) -> None:
         deadline = time.monotonic() + self.recover_timeout_s
@@ -164,7 +174,7 @@ class GeneratorPool:
             try:
                 health = ray.get(self.actors[i].health.remote(), timeout=30)
                 break
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            except (*_WORKER_GONE, ray.exceptions.GetTimeoutError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)

@@ -56,7 +56,12 @@ def test_three_stage_run_completes_even_when_a_generator_dies(ray_cluster, tmp_p
     proc = start(job_args(tmp_path, extra=[f"model.path={tiny_model_dir}"]), ray_cluster)
     wait_for(lambda: len(records(tmp_path)) >= 1 or proc.poll() is not None)
     generators = [
-        a for a in list_actors(filters=[("class_name", "=", "GeneratorWorker"), ("state", "=", "ALIVE")]) if a.pid
+        a
+        for a in list_actors(
+            address=ray_cluster.get_runtime_context().gcs_address,
+            filters=[("class_name", "=", "GeneratorWorker"), ("state", "=", "ALIVE")],
+        )
+        if a.pid
     ]
     for actor in generators:
         try:  # the job's engine (the session's own tiny_pool may be alive too: killing it is survivable as well)

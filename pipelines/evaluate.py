@@ -1,0 +1,220 @@
+"""Evaluate a checkpoint or any HF model folder on MIRAGE's five tasks, HEAD-QA dev and PubMedQA non-test, without
+retrieval (chain of thought, the no-search prompt) and retrieval-augmented (the Med-R³ protocol), on Ray actors.
+
+    python pipelines/evaluate.py --model runs/default/checkpoints/step-000009/hf [--limit 50] [--n 4 --aggregate mean]
+    ray job submit --working-dir . -- python pipelines/evaluate.py --config configs/llama3_8b_8gpu.yaml --model …
+
+Sampling is the release's evaluation setting (temperature 0.6, top-p 0.9); with --n > 1 a question scores by majority
+vote over its samples or by the mean of their correctness. Writes `report.json` and `report.md` (per task and
+average: accuracy, format rate, searches per question) into --out. Rerunning the same command resumes: questions
+already recorded in `partial.json` are skipped, and a finished evaluation only rebuilds its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from medr3.config import Config, ConfigError, load_config  # noqa: E402
+from medr3.evaluation import (  # noqa: E402
+    AGGREGATES,
+    MODES,
+    EvalTask,
+    EvaluationError,
+    PartialResults,
+    build_report,
+    eval_tasks,
+    evaluate_task,
+    load_task,
+    markdown,
+    pending_chunks,
+    write_atomic,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs/default.yaml"), help="Run config: actors and resources.")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config key.")
+    p.add_argument("--model", help="HF model folder to evaluate (a checkpoint's hf/); default: the config's model.")
+    p.add_argument("--out", help="Output folder (default: runs/eval/<model folder name>).")
+    p.add_argument("--tasks", nargs="+", help="Tasks to evaluate (default: all).")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="cot: no search; rag: ours.")
+    p.add_argument("--n", type=int, default=1, help="Samples per question.")
+    p.add_argument("--aggregate", choices=AGGREGATES, default="majority", help="Over the n samples of a question.")
+    p.add_argument("--temperature", type=float, default=0.6, help="The release's evaluation temperature.")
+    p.add_argument("--top-p", type=float, default=0.9, help="The release's evaluation top-p.")
+    p.add_argument("--max-response-tokens", type=int, help="Default: the config's grpo.max_response_tokens.")
+    p.add_argument("--limit", type=int, help="Evaluate the first N questions of each task.")
+    p.add_argument("--chunk-size", type=int, default=64, help="Questions per generation call and per saved chunk.")
+    p.add_argument("--data-dir", help="The bundled data folder (default: data/ of the project).")
+    p.add_argument("--fresh", action="store_true", help="Discard partial results in --out and start over.")
+    args = p.parse_args(argv)
+    if args.n < 1 or args.chunk_size < 1 or (args.limit is not None and args.limit < 1):
+        p.error("--n, --chunk-size and --limit must be >= 1")
+    return args
+
+
+def settings_of(args: argparse.Namespace, config: Config) -> dict:
+    """What the generated samples depend on; partial results from other settings are never reused."""
+    return {
+        "model": config.model.path,
+        "n": args.n,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_response_tokens": args.max_response_tokens or config.grpo.max_response_tokens,
+        "max_model_len": config.generator.max_model_len,
+        "max_searches": config.rollout.max_searches,
+        "max_document_tokens": config.rollout.max_document_tokens,
+        "top_k": config.retriever.top_k,
+        "retriever_sources": config.retriever.sources,
+        "seed": config.run.seed,
+    }
+
+
+def use_model(config: Config, model: str | None) -> None:
+    """Point the config at `--model`; its own tokenizer when it ships one (checkpoint hf/ folders do)."""
+    if not model:
+        return
+    path = Path(model).resolve()
+    config.model.path = str(path)
+    if (path / "tokenizer_config.json").exists():
+        config.model.tokenizer = None
+
+
+def missing_inputs(config: Config, tasks: list[EvalTask], modes: list[str]) -> list[str]:
+    needs = [("model", Path(config.model.path) / "config.json")] + [(t.name, Path(t.spec.path)) for t in tasks]
+    if "rag" in modes and config.retriever.backend != "server":
+        needs.append(("retriever.index_path", Path(config.retriever.index_path)))
+    return [f"{key}: {path} does not exist" for key, path in needs if not path.exists()]
+
+
+class Evaluator:
+    """The Ray side: a GeneratorPool and (for rag) a SearchPool behind one `run_chunk` for `evaluate_task`."""
+
+    def __init__(self, config: Config, args: argparse.Namespace, search: bool):
+        from transformers import AutoTokenizer
+
+        from actors.generator import GeneratorPool
+        from actors.retriever import SearchPool
+        from medr3.rollout import Rollout, RolloutSettings
+
+        self.config, self.args = config, args
+        self.search = SearchPool(config.retriever) if search else None
+        self.generators = GeneratorPool(config)
+        self.generators.wait_ready()
+        settings = RolloutSettings(
+            args.max_response_tokens or config.grpo.max_response_tokens,
+            config.generator.max_model_len,
+            config.rollout.max_searches,
+            config.rollout.max_document_tokens,
+            config.run.seed,
+        )
+        self.rollout = Rollout(
+            AutoTokenizer.from_pretrained(config.model.tokenizer_path),
+            lambda reqs: self.generators.generate(reqs, args.temperature, args.top_p),
+            (lambda queries: self.search.batch_search(queries, k=config.retriever.top_k)) if search else None,
+            settings,
+        )
+
+    def run_chunk(self, questions: list, search: bool) -> list:
+        # Sampling seeds derive from the question id and sample index, so chunking and resuming do not change them.
+        return self.rollout.run(questions, self.args.n, search=search)
+
+    def close(self) -> None:
+        self.generators.shutdown()
+        if self.search:
+            self.search.shutdown()
+
+
+def init_ray() -> None:
+    """Join the cluster this job was submitted to (RAY_ADDRESS), or start a local one (as progressive.py does)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 token auth; loopback-only local clusters
+    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=env)
+
+
+def evaluate(config: Config, args: argparse.Namespace, tasks: list[EvalTask], partial: PartialResults) -> dict:
+    """Generate what `partial` lacks (starting actors only if something does); returns `records[mode][task]`."""
+    from tqdm import tqdm
+
+    questions = {t.name: load_task(t, args.limit) for t in tasks}
+    todo = sum(
+        len(chunk)
+        for mode in args.modes
+        for t in tasks
+        for chunk in pending_chunks(questions[t.name], partial.done(mode, t.name), args.chunk_size)
+    )
+    if not todo:
+        print("[eval] every question is already recorded: rebuilding the report", flush=True)
+        return {m: {t.name: partial.records(m, t.name, questions[t.name]) for t in tasks} for m in args.modes}
+    init_ray()
+    evaluator = Evaluator(config, args, search="rag" in args.modes)
+    records: dict[str, dict[str, list[dict]]] = {}
+    try:
+        with tqdm(total=todo, unit="question", desc="eval", file=sys.stderr) as bar:
+            for mode in args.modes:
+                for t in tasks:
+                    bar.set_postfix_str(f"{mode}/{t.name}")
+                    records.setdefault(mode, {})[t.name] = evaluate_task(
+                        mode, t.name, questions[t.name], evaluator.run_chunk, partial, args.chunk_size, bar.update
+                    )
+    finally:
+        evaluator.close()
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    base = Path(os.environ.get("MEDR3_ROOT") or Path.cwd())
+    try:
+        config = load_config(args.config, args.set)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    use_model(config, args.model)
+    available = eval_tasks(Path(args.data_dir) if args.data_dir else base / "data")
+    unknown = sorted(set(args.tasks or []) - set(available))
+    if unknown:
+        print(f"error: unknown task(s) {unknown} (known: {list(available)})", file=sys.stderr)
+        return 2
+    tasks = [available[name] for name in (args.tasks or available)]
+    missing = missing_inputs(config, tasks, args.modes)
+    if missing:
+        print("error: inputs missing (run ./setup.sh to build models and index):\n  " + "\n  ".join(missing),
+              file=sys.stderr)  # fmt: skip
+        return 2
+    out = Path(args.out) if args.out else base / "runs/eval" / Path(config.model.path).name
+    settings = settings_of(args, config)
+    try:
+        partial = PartialResults(out / "partial.json", settings, fresh=args.fresh)
+        records = evaluate(config, args, tasks, partial)
+    except (EvaluationError, RuntimeError) as err:  # settings mismatch, an actor that cannot start, ...
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    report = build_report(records, {t.name: t for t in tasks}, {**settings, "aggregate": args.aggregate})
+    table = markdown(report)
+    write_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_atomic(out / "report.md", table)
+    print(table, flush=True)
+    if report["oracle_caveat"]:
+        print(f"[caveat] {report['oracle_caveat']}", flush=True)
+    print(f"[eval] wrote {out / 'report.json'} and {out / 'report.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
