@@ -31,52 +31,19 @@ class StaleWeightsError(RuntimeError):
 class GeneratorWorker:
     """Owns one vLLM engine; generates from token ids and loads new weights in place."""
 
-    def __init__(
-        self,
-        model: str,
-        tokenizer: str | None = None,
-        dtype: str = "float32",
-        seed: int = 0,
-        max_model_len: int = 2048,
-        kv_cache_gib: float = 1.0,
-        gpu_memory_utilization: float = 0.85,
-        enforce_eager: bool = True,
-        max_num_seqs: int = 256,
-        tensor_parallel_size: int = 1,
-    ):
+    def __init__(self, config: Config, seed_offset: int = 0):
         from transformers import AutoConfig
 
-        self.model = model
+        self.model = config.model.path
         self.llm = vllm_compat.create_engine(
-            model,
-            tokenizer or model,
-            dtype,
-            seed,
-            max_model_len,
-            kv_cache_gib,
-            gpu_memory_utilization,
-            enforce_eager,
-            max_num_seqs,
-            tensor_parallel_size,
-        )
-        self.tied_embeddings = bool(getattr(AutoConfig.from_pretrained(model), "tie_word_embeddings", False))
-        self.version = 0
-
-    @classmethod
-    def from_config(cls, config: Config) -> GeneratorWorker:
-        g = config.generator
-        return cls(
             config.model.path,
             config.model.tokenizer_path,
             config.model.dtype,
-            config.run.seed,
-            g.max_model_len,
-            g.kv_cache_gib,
-            g.gpu_memory_utilization,
-            g.enforce_eager,
-            g.max_num_seqs,
-            g.tensor_parallel_size,
+            config.run.seed + seed_offset,
+            config.generator,
         )
+        self.tied_embeddings = bool(getattr(AutoConfig.from_pretrained(self.model), "tie_word_embeddings", False))
+        self.version = 0
 
     def generate(
         self, requests: list[GenRequest], temperature: float = 1.0, top_p: float = 1.0, n: int = 1
@@ -114,18 +81,7 @@ class GeneratorPool:
                 max_restarts=3,
                 runtime_env=env,
                 **opts,
-            ).remote(
-                config.model.path,
-                config.model.tokenizer_path,
-                config.model.dtype,
-                config.run.seed + i,
-                g.max_model_len,
-                g.kv_cache_gib,
-                g.gpu_memory_utilization,
-                g.enforce_eager,
-                g.max_num_seqs,
-                g.tensor_parallel_size,
-            )
+            ).remote(config, i)
             for i, opts in enumerate(options)
         ]
         self.version = 0

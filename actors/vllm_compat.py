@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from medr3.config import GeneratorConfig
 from medr3.rollout import Completion, GenRequest
 
 
@@ -34,46 +35,38 @@ def _is_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def create_engine(
-    model: str,
-    tokenizer: str,
-    dtype: str,
-    seed: int,
-    max_model_len: int,
-    kv_cache_gib: float,
-    gpu_memory_utilization: float,
-    enforce_eager: bool,
-    max_num_seqs: int,
-    tensor_parallel_size: int,
-):
+def _engine_kwargs(model: str, tokenizer: str, dtype: str, seed: int, g: GeneratorConfig) -> dict:
+    """Engine arguments shared by the sync and async engines. On CPU the executor is "uni" and the engine core does
+    not spawn a process for the worker (VLLM_ENABLE_V1_MULTIPROCESSING=0), which must be set before vLLM reads it."""
+    kwargs = dict(
+        model=model,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        seed=seed,
+        max_model_len=g.max_model_len,
+        enforce_eager=g.enforce_eager,
+        max_num_seqs=g.max_num_seqs,
+        enable_prefix_caching=True,
+    )
+    if _is_cpu():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(g.kv_cache_gib))))
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        kwargs["distributed_executor_backend"] = "uni"
+    else:
+        kwargs |= dict(gpu_memory_utilization=g.gpu_memory_utilization, tensor_parallel_size=g.tensor_parallel_size)
+    return kwargs
+
+
+def create_engine(model: str, tokenizer: str, dtype: str, seed: int, g: GeneratorConfig):
     """A `vllm.LLM` with our weight-sync extension.
 
     On CPU the engine runs inside the calling process (no engine-core or worker subprocess): weight updates then pass
     tensors by reference, and a Ray actor that owns the engine owns all of it.
     """
-    if _is_cpu():
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    kwargs = _engine_kwargs(model, tokenizer, dtype, seed, g)
     from vllm import LLM
 
-    kwargs = {}
-    if _is_cpu():
-        kwargs["distributed_executor_backend"] = "uni"
-    else:
-        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        kwargs["tensor_parallel_size"] = tensor_parallel_size
-    return LLM(
-        model=model,
-        tokenizer=tokenizer,
-        dtype=dtype,
-        seed=seed,
-        max_model_len=max_model_len,
-        enforce_eager=enforce_eager,
-        max_num_seqs=max_num_seqs,
-        enable_prefix_caching=True,
-        worker_extension_cls=f"{__name__}.WeightSyncExtension",
-        **kwargs,
-    )
+    return LLM(worker_extension_cls=f"{__name__}.WeightSyncExtension", **kwargs)
 
 
 def load_state_dict(llm, state: dict[str, torch.Tensor], tied_embeddings: bool) -> None:
@@ -128,47 +121,17 @@ def _completion(out) -> Completion:
 # --- the async engine (Ray Serve): continuous batching over concurrent requests, token streaming
 
 
-def create_async_engine(
-    model: str,
-    tokenizer: str,
-    dtype: str,
-    seed: int,
-    max_model_len: int,
-    kv_cache_gib: float,
-    gpu_memory_utilization: float,
-    enforce_eager: bool,
-    max_num_seqs: int,
-    tensor_parallel_size: int,
-):
+def create_async_engine(model: str, tokenizer: str, dtype: str, seed: int, g: GeneratorConfig):
     """A `vllm.AsyncLLM`: its engine core always runs in a child process, so callers stay responsive while it steps.
 
     On CPU, VLLM_ENABLE_V1_MULTIPROCESSING=0 keeps the executor "uni", so the worker lives inside that child
     (two processes instead of three).
     """
-    if _is_cpu():
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    kwargs = _engine_kwargs(model, tokenizer, dtype, seed, g)
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    kwargs = {}
-    if _is_cpu():
-        kwargs["distributed_executor_backend"] = "uni"
-    else:
-        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        kwargs["tensor_parallel_size"] = tensor_parallel_size
-    args = AsyncEngineArgs(
-        model=model,
-        tokenizer=tokenizer,
-        dtype=dtype,
-        seed=seed,
-        max_model_len=max_model_len,
-        enforce_eager=enforce_eager,
-        max_num_seqs=max_num_seqs,
-        enable_prefix_caching=True,
-        disable_log_stats=True,
-        **kwargs,
-    )
+    args = AsyncEngineArgs(disable_log_stats=True, **kwargs)
     return AsyncLLM.from_engine_args(args)
 
 

@@ -135,18 +135,6 @@ class Evaluator:
             self.search.shutdown()
 
 
-def init_ray() -> None:
-    """Join the cluster this job was submitted to (RAY_ADDRESS), or start a local one (as progressive.py does)."""
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 token auth; loopback-only local clusters
-    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=env, log_to_driver=True)
-    else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=env)
-
-
 def evaluate(config: Config, args: argparse.Namespace, tasks: list[EvalTask], partial: PartialResults) -> dict:
     """Generate what `partial` lacks (starting actors only if something does); returns `records[mode][task]`."""
     from tqdm import tqdm
@@ -161,6 +149,8 @@ def evaluate(config: Config, args: argparse.Namespace, tasks: list[EvalTask], pa
     if not todo:
         print("[eval] every question is already recorded: rebuilding the report", flush=True)
         return {m: {t.name: partial.records(m, t.name, questions[t.name]) for t in tasks} for m in args.modes}
+    from actors.cluster import init_ray
+
     init_ray()
     evaluator = Evaluator(config, args, search="rag" in args.modes)
     records: dict[str, dict[str, list[dict]]] = {}

@@ -106,16 +106,7 @@ class MedR3Server:
         self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or model_path)
         g = config.generator
         self.engine = vllm_compat.create_async_engine(
-            model_path,
-            config.model.tokenizer or model_path,
-            config.model.dtype,
-            config.run.seed,
-            g.max_model_len,
-            g.kv_cache_gib,
-            g.gpu_memory_utilization,
-            g.enforce_eager,
-            g.max_num_seqs,
-            g.tensor_parallel_size,
+            model_path, config.model.tokenizer or model_path, config.model.dtype, config.run.seed, g
         )
         self.search = _open_search(config) if s.retrieval else None
         search_fn = self._search_async if self.search is not None else None
