@@ -52,6 +52,9 @@ def _engine_kwargs(model: str, tokenizer: str, dtype: str, seed: int, g: Generat
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(g.kv_cache_gib))))
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         kwargs["distributed_executor_backend"] = "uni"
+        # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request is prefilled in chunks;
+        # whole-prompt prefills avoid the chunking, and each step's token budget still covers the longest prompt.
+        kwargs |= dict(enable_chunked_prefill=False, max_num_batched_tokens=max(g.max_model_len, 8192))
     else:
         kwargs |= dict(gpu_memory_utilization=g.gpu_memory_utilization, tensor_parallel_size=g.tensor_parallel_size)
     return kwargs

