@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 # A worker that was killed or is restarting: Ray restarts it (max_restarts), the pool re-syncs it and retries.
-_WORKER_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+WORKER_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 class StaleWeightsError(RuntimeError):
@@ -56,6 +56,20 @@ class GeneratorWorker:
         if version <= self.version:
             raise StaleWeightsError(f"weights version {version} is not newer than the served version {self.version}")
         vllm_compat.load_state_dict(self.llm, state, self.tied_embeddings)
+        self.version = version
+        return version
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> list[int]:
+        """GPU: join learner rank 0's NCCL weight-broadcast group (`weight_sync: nccl`)."""
+        return vllm_compat.join_weight_group(self.llm, host, port, rank_offset, world_size)
+
+    def receive_weights(self, specs: list[tuple[str, str, list[int]]], version: int) -> int:
+        """GPU: take the weights rank 0 broadcasts over the NCCL group; same version rule as `update_weights`."""
+        if version <= self.version:
+            raise StaleWeightsError(f"weights version {version} is not newer than the served version {self.version}")
+        if self.tied_embeddings and not any(name == "lm_head.weight" for name, _, _ in specs):
+            raise ValueError("tied embeddings: the broadcast must include lm_head.weight")
+        vllm_compat.receive_weights(self.llm, specs)
         self.version = version
         return version
 
@@ -104,10 +118,10 @@ class GeneratorPool:
                 continue
             try:
                 results = ray.get(ref)
-            except _WORKER_GONE:
+            except WORKER_GONE:
                 # The worker died mid-call: Ray restarts it; bring it to the current weights and retry once.
                 log.warning("generator %d died during generate; retrying once after restart", i)
-                self._recover(i)
+                self.recover(i)
                 results = ray.get(self.actors[i].generate.remote(chunk, temperature, top_p))
             out += [r[0] for r in results]
         return out
@@ -120,17 +134,17 @@ class GeneratorPool:
         for i, r in enumerate(refs):
             try:
                 ray.get(r)
-            except _WORKER_GONE:
+            except WORKER_GONE:
                 log.warning("generator %d died during a weight update; re-syncing it after restart", i)
-                self._recover(i)
+                self.recover(i)
 
-    def _recover(self, i: int) -> None:
+    def recover(self, i: int) -> None:
         deadline = time.monotonic() + self.recover_timeout_s
         while True:
             try:
                 health = ray.get(self.actors[i].health.remote(), timeout=30)
                 break
-            except (*_WORKER_GONE, ray.exceptions.GetTimeoutError):
+            except (*WORKER_GONE, ray.exceptions.GetTimeoutError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)

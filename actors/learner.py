@@ -146,6 +146,32 @@ class LearnerRank:
         state = dsc.full_state_dict(self.engine, self.config.learner.zero_stage)
         return [ray.put(state)] if state is not None else None
 
+    def join_weight_group(self, host: str, port: int, world_size: int) -> None:
+        """GPU, rank 0: open the NCCL group shared with every vLLM worker (rank 0 of world_size)."""
+        from actors.vllm_compat import nccl_group
+
+        self._weight_group = nccl_group(host, port, 0, world_size, torch.cuda.current_device())
+
+    def prepare_broadcast(self) -> list[tuple[str, str, list[int]]] | None:
+        """Gather the full weights (all ranks, under ZeRO-3); rank 0 keeps them and returns (name, dtype, shape) of
+        each tensor in broadcast order. With tied embeddings lm_head is sent explicitly (vLLM keeps its own copy)."""
+        state = dsc.full_state_dict(self.engine, self.config.learner.zero_stage)
+        if state is None:
+            return None
+        if self.tied and "lm_head.weight" not in state:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        self._outgoing = state
+        return [(k, str(v.dtype).removeprefix("torch."), list(v.shape)) for k, v in state.items()]
+
+    def broadcast_prepared(self) -> int:
+        """GPU, rank 0: broadcast the prepared tensors, in order, to the engines waiting in `receive_weights`."""
+        device = torch.device("cuda", torch.cuda.current_device())
+        for tensor in self._outgoing.values():
+            self._weight_group.broadcast(tensor.to(device), src=0, stream=torch.cuda.current_stream())
+        torch.cuda.synchronize()
+        sent, self._outgoing = len(self._outgoing), None
+        return sent
+
     def save(self, folder: str, export_hf: str | None, tokenizer_path: str) -> None:
         """DeepSpeed checkpoint (model, optimizer, scheduler, per-rank RNG) into `folder`; rank 0 also exports the
         policy as an HF folder that vLLM and Serve load."""

@@ -30,6 +30,44 @@ class WeightSyncExtension:
         self.model_runner.reload_weights(weights_iterator=iter(state.items()))
         return len(state)
 
+    def medr3_join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> int:
+        """GPU: join the NCCL group in which learner rank 0 broadcasts weights (this worker's rank follows the
+        engines before it: rank_offset + its tensor-parallel rank)."""
+        rank = rank_offset + self.rank
+        self._medr3_group = nccl_group(host, port, rank, world_size, self.device)
+        return rank
+
+    def medr3_receive_weights(self, specs: list[tuple[str, str, list[int]]]) -> int:
+        """GPU: receive every tensor of `specs` (name, dtype, shape) from rank 0, in order, into the live model."""
+
+        def received():
+            for name, dtype, shape in specs:
+                tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+                self._medr3_group.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
+                yield name, tensor
+
+        self.model_runner.reload_weights(weights_iterator=received())
+        return len(specs)
+
+
+def nccl_group(host: str, port: int, rank: int, world_size: int, device):
+    """An NCCL communicator outside torch.distributed's global group, so learner rank 0 (already in DeepSpeed's
+    group) and the vLLM workers (in vLLM's) can share one, as OpenRLHF does."""
+    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    from vllm.distributed.utils import StatelessProcessGroup
+
+    group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size)
+    return PyNcclCommunicator(group, device=device)
+
+
+def join_weight_group(llm, host: str, port: int, rank_offset: int, world_size: int) -> list[int]:
+    return llm.collective_rpc("medr3_join_weight_group", args=(host, port, rank_offset, world_size))
+
+
+def receive_weights(llm, specs: list[tuple[str, str, list[int]]]) -> None:
+    llm.collective_rpc("medr3_receive_weights", args=(specs,))
+    llm.reset_prefix_cache()
+
 
 def _is_cpu() -> bool:
     return not torch.cuda.is_available()

@@ -190,6 +190,11 @@ class LearnerConfig(Resources):
     old_logprobs: Literal["generator", "recompute"] = Field(
         "generator", description="Importance-ratio denominator: the generator's logprobs or a learner recompute."
     )
+    weight_sync: Literal["auto", "object_store", "nccl"] = Field(
+        "auto",
+        description="Learner → generators after each step: Ray's object store (one put, N reads), or an "
+        "NCCL broadcast group (GPU learner and GPU engines). auto = nccl when both have GPUs.",
+    )
 
 
 class GRPOConfig(_Section):

@@ -58,6 +58,7 @@ class ProgressiveTrainer:
         from actors.ray_metrics import RayMetrics
         from actors.retriever import SearchPool
         from actors.reward import create_reward_actors
+        from actors.weight_sync import make_weight_sync
         from medr3.checkpoint import CheckpointDir
         from medr3.metrics import MetricsLog
 
@@ -73,6 +74,7 @@ class ProgressiveTrainer:
         self.rewards = create_reward_actors(config.reward, config.data.corpus)
         self.learner = LearnerGroup(config)
         self.generators.wait_ready()
+        self.push_weights = make_weight_sync(config, self.learner, self.generators)
         if resume:
             path, meta = resume
             self.learner.load(str(path / "ds"))
@@ -230,7 +232,7 @@ class ProgressiveTrainer:
     def sync(self) -> None:
         """Learner rank 0 → every generator, through the object store (one put, N reads), version-stamped."""
         self.pos["version"] += 1
-        self.generators.update_weights(self.learner.weights(), self.pos["version"])
+        self.push_weights(self.pos["version"])
 
     def checkpoint(self, stage_name: str) -> None:
         tmp = self.ckpts.begin()
