@@ -89,9 +89,9 @@ def test_killed_worker_restarts_and_the_rollout_call_is_retried_once(tiny_pool, 
 
 
 def test_a_large_batch_of_seeded_long_prompts_generates(tiny_pool, tiny_tokenizer):
-    """More prompt tokens than one engine step holds, each request seeded: the shape of a real GRPO step
+    """More distinct prompt tokens than one engine step holds, each request seeded: the shape of a real GRPO step
     (vLLM-CPU crashes on seeded requests whose prefill is chunked; the engine must not chunk them)."""
-    ids = tiny_tokenizer(PROMPT + " scurvy" * 300).input_ids
-    requests = [GenRequest(ids, 8, (), seed=i) for i in range(48)]
-    outs = tiny_pool.generate(requests, temperature=1.0)
-    assert len(outs) == 48 and all(len(o.token_ids) == 8 for o in outs)
+    prompts = [tiny_tokenizer(f"Case {i}. " + PROMPT + " scurvy" * 220).input_ids for i in range(128)]
+    assert all(600 < len(p) < 1024 - 8 for p in prompts)  # distinct, so the prefix cache cannot absorb them
+    outs = tiny_pool.generate([GenRequest(p, 8, (), seed=i) for i, p in enumerate(prompts)], temperature=1.0)
+    assert len(outs) == 128 and all(1 <= len(o.token_ids) <= 8 for o in outs)
