@@ -179,3 +179,13 @@ EXCLUDES = [
     ".hypothesis/",
     "*.egg-info/",
 ]
+
+
+@pytest.mark.slow
+def test_pipelined_mode_trains_every_step_once(ray_cluster, tmp_path, tiny_model_dir):
+    """Generation of step t+1 overlaps training of step t; every step is still trained and logged exactly once."""
+    args = job_args(tmp_path, steps=(3, 0, 0), extra=[f"model.path={tiny_model_dir}", "grpo.pipelined=true"])
+    finish(start(args, ray_cluster))
+    rows = records(tmp_path)
+    assert [(r["stage_step"], r["weights_version"]) for r in rows] == [(1, 1), (2, 2), (3, 3)]
+    assert all("train/loss" in r for r in rows)
