@@ -132,23 +132,9 @@ def _to_bytes(state: dict[str, torch.Tensor]) -> bytes:
 
 def generate(llm, requests: list[GenRequest], temperature: float, top_p: float, n: int = 1) -> list[list[Completion]]:
     """Generate `n` completions for each token-id request (stop strings are kept in the output)."""
-    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = [
-        SamplingParams(
-            n=n,
-            max_tokens=r.max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=list(r.stop) or None,
-            include_stop_str_in_output=True,
-            seed=r.seed,
-            logprobs=0,
-            detokenize=True,
-        )
-        for r in requests
-    ]
+    params = [_sampling(r, temperature, top_p, "CUMULATIVE", logprobs=True, n=n) for r in requests]
     outputs = llm.generate([TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests], params, use_tqdm=False)
     return [[_completion(c) for c in out.outputs] for out in outputs]
 
@@ -181,7 +167,6 @@ def _sampling(request: GenRequest, temperature: float, top_p: float, kind: str, 
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(
-        n=1,
         max_tokens=request.max_tokens,
         temperature=temperature,
         top_p=top_p,
