@@ -16,7 +16,7 @@ from medr3.data import Question
 
 SEARCH_STOP = "</search>"
 ANSWER_STOP = "</answer>"
-STOPS = (SEARCH_STOP, ANSWER_STOP)
+DOCUMENT_OPEN = "<document>"  # a stop too: a model that starts writing a document itself is cut off there
 PROTOCOL_TAGS = ("think", "search", "document", "answer")
 
 _TAG = re.compile(r"<\s*/?\s*(?:think|search|document|answer|information|result)s?\s*>", re.IGNORECASE)
@@ -73,6 +73,26 @@ def format_documents(docs: Sequence[dict]) -> str:
         body = strip_tags(str(doc.get("text", ""))).strip()
         parts.append(f"<document>({i}) {title}\n{body}</document>" if title else f"<document>({i}) {body}</document>")
     return "\n" + "\n".join(parts) + "\n"
+
+
+def turn_stops(can_search: bool) -> tuple[str, ...]:
+    """Stop strings of one generation turn: the answer's end, a self-written document, and (while searches are
+    left) the end of a search query."""
+    return (ANSWER_STOP, DOCUMENT_OPEN) + ((SEARCH_STOP,) if can_search else ())
+
+
+def truncate_document(doc: dict, tokenizer, max_tokens: int) -> dict:
+    """`doc` with its text (tags stripped) cut to `max_tokens` tokens of `tokenizer`."""
+    ids = tokenizer(strip_tags(str(doc.get("text", ""))), add_special_tokens=False).input_ids
+    return doc if len(ids) <= max_tokens else {**doc, "text": tokenizer.decode(ids[:max_tokens])}
+
+
+def documents_text(docs: Sequence[dict], tokenizer, max_document_tokens: int) -> str:
+    """The exact text inserted after a search: each document truncated, then `format_documents`; a search that
+    found nothing inserts a bare newline. Rollout, serving and warm-start demonstrations all insert this."""
+    if not docs:
+        return "\n"
+    return format_documents([truncate_document(d, tokenizer, max_document_tokens) for d in docs])
 
 
 def search_query(text: str) -> str | None:

@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from medr3.data import Question
 from medr3.protocol import (
     ANSWER_STOP,
+    DOCUMENT_OPEN,
     SEARCH_STOP,
     ResponseBuilder,
     build_prompt,
-    format_documents,
+    documents_text,
     search_query,
-    strip_tags,
+    turn_stops,
 )
-
-DOCUMENT_OPEN = "<document>"
 
 
 @dataclass(frozen=True)
@@ -138,9 +137,10 @@ class Rollout:
         requests = []
         for s in active:
             can_search = search and len(s.traj.searches) < self.settings.max_searches
-            stops = (ANSWER_STOP, DOCUMENT_OPEN) + ((SEARCH_STOP,) if can_search else ())
             requests.append(
-                GenRequest(s.traj.prompt_ids + s.builder.ids, self._budget(s), stops, self._seed(s, step, turn))
+                GenRequest(
+                    s.traj.prompt_ids + s.builder.ids, self._budget(s), turn_stops(can_search), self._seed(s, step, turn)
+                )
             )
         for s, out in zip(active, self.generate_fn(requests), strict=True):
             s.builder.add_generated(out.token_ids, out.logprobs)
@@ -170,18 +170,13 @@ class Rollout:
             self._insert(s, docs)
 
     def _insert(self, s: _Sample, docs: list[dict]) -> None:
-        text = format_documents([self._truncate(d) for d in docs]) if docs else "\n"
+        text = documents_text(docs, self.tokenizer, self.settings.max_document_tokens)
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
         budget = self._budget(s)
         if len(ids) >= budget:
             ids, s.done, s.traj.finish_reason = ids[: max(budget, 0)], True, "length"
         s.builder.add_inserted(ids)
         s.pieces.append(self.tokenizer.decode(ids) if s.done else text)
-
-    def _truncate(self, doc: dict) -> dict:
-        ids = self.tokenizer(strip_tags(str(doc.get("text", ""))), add_special_tokens=False).input_ids
-        limit = self.settings.max_document_tokens
-        return doc if len(ids) <= limit else {**doc, "text": self.tokenizer.decode(ids[:limit])}
 
     def _budget(self, s: _Sample) -> int:
         by_response = self.settings.max_response_tokens - len(s.builder)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from medr3.protocol import ANSWER_STOP, SEARCH_STOP, format_documents, search_query, strip_tags
-from medr3.rollout import DOCUMENT_OPEN, Completion, GenRequest
+from medr3.protocol import SEARCH_STOP, documents_text, search_query, turn_stops
+from medr3.rollout import Completion, GenRequest
 
 StreamFn = Callable[[GenRequest], AsyncIterator[Completion]]
 AsyncSearchFn = Callable[[list[str]], Awaitable[list[list[dict]]]]
@@ -70,8 +70,7 @@ class ChatTurns:
             if budget <= 0:
                 yield Piece("", 0, "length")
                 return
-            stops = (ANSWER_STOP, DOCUMENT_OPEN) + ((SEARCH_STOP,) if self._can_search(searches) else ())
-            request = GenRequest(ids, budget, stops, None if seed is None else seed + turn)
+            request = GenRequest(ids, budget, turn_stops(self._can_search(searches)), None if seed is None else seed + turn)
             turn_text, carry, last = carry, "", None
             async for delta in stream_fn(request):
                 ids += delta.token_ids
@@ -91,10 +90,4 @@ class ChatTurns:
 
     async def _documents(self, query: str) -> str:
         docs = (await self.search_fn([query]))[0] if query else []
-        return format_documents([self._truncate(d) for d in docs]) if docs else "\n"
-
-    def _truncate(self, doc: dict) -> dict:
-        ids = self.tokenizer(strip_tags(str(doc.get("text", ""))), add_special_tokens=False).input_ids
-        if len(ids) <= self.max_document_tokens:
-            return doc
-        return {**doc, "text": self.tokenizer.decode(ids[: self.max_document_tokens])}
+        return documents_text(docs, self.tokenizer, self.max_document_tokens)
