@@ -293,7 +293,11 @@ class StageConfig(_Section):
     train: list[DatasetSpec] = Field(min_length=1, description="Training questions of the stage.")
     reward: RewardComposition = Field(default_factory=RewardComposition)
     gate: GateConfig | None = None
-    require_search: bool = Field(False, description="Evidence term scores 0 when no search was made.")
+    require_search: bool = Field(
+        False,
+        description="search_quality scores 0 when no search was made (else it is skipped). The evidence term scores "
+        "0 for no search in any stage with retrieval, required or not, so not searching never out-scores searching.",
+    )
 
     @model_validator(mode="after")
     def _train_is_not_eval(self) -> StageConfig:

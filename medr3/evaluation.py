@@ -18,7 +18,8 @@ from pathlib import Path
 
 from medr3.config import DatasetSpec
 from medr3.data import Question, load_dataset
-from medr3.protocol import check_format, extract_answer, parse
+from medr3.protocol import check_format, extract_answer, is_correct, parse
+from medr3.rewards.text import normalize
 from medr3.rollout import Trajectory
 
 MIRAGE_FILE = "eval/mirage/benchmark_with_pmid.json.xz"
@@ -88,24 +89,38 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
 
 
 def question_record(trajs: Sequence[Trajectory]) -> dict:
-    """One question's outcome over its samples: each sample's answer (option letter, None when it named none),
-    whether each was well-formed, and each one's number of searches."""
+    """One question's outcome over its samples: each sample's answer (the option letter, None when it named no single
+    option; for an open question its normalised text, None when it gave none), whether each was right
+    (`protocol.is_correct`), whether each was well-formed, and each one's number of searches."""
     q = trajs[0].question
+    answers = [parse(t.text).answer for t in trajs]
     return {
         "id": q.id,
-        "gold": q.answer_letter,
-        "answers": [extract_answer(parse(t.text).answer, q.options)[0] for t in trajs],
+        "gold": q.answer_letter or q.answer_text,
+        "answers": [_answer_key(a, q) for a in answers],
+        "correct": [is_correct(a, q) for a in answers],
         "format": [check_format(t.text, t.search_allowed, t.self_document).ok for t in trajs],
         "searches": [len(t.searches) for t in trajs],
     }
 
 
+def _answer_key(answer: str | None, q: Question) -> str | None:
+    """What majority voting compares: the option letter, or an open answer's normalised text."""
+    if q.options:
+        return extract_answer(answer, q.options)[0]
+    return normalize(answer) if answer and answer.strip() else None
+
+
 def question_accuracy(record: dict, aggregate: str) -> float:
-    """majority: 1.0 when the majority answer is the gold one, else 0.0; mean: the fraction of correct samples."""
+    """majority: 1.0 when the majority answer is right, else 0.0; mean: the fraction of right samples."""
+    answers = record["answers"]
+    # Records saved before "correct" existed hold option letters only.
+    correct = record.get("correct") or [a is not None and a == record["gold"] for a in answers]
     if aggregate == "majority":
-        return float(majority_vote(record["answers"]) == record["gold"])
+        voted = majority_vote(answers)
+        return float(voted is not None and correct[answers.index(voted)])
     if aggregate == "mean":
-        return sum(a == record["gold"] for a in record["answers"]) / len(record["answers"])
+        return sum(correct) / len(correct)
     raise ValueError(f"unknown aggregate {aggregate!r} (known: {AGGREGATES})")
 
 

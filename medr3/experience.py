@@ -12,7 +12,7 @@ import torch
 from medr3.config import Config, StageConfig
 from medr3.grpo import compute_advantages
 from medr3.packing import TrainSample
-from medr3.protocol import check_format, extract_answer, parse
+from medr3.protocol import check_format, is_correct, parse
 from medr3.rewards.inputs import RewardInput
 from medr3.rollout import Trajectory
 
@@ -51,13 +51,12 @@ def train_samples(trajs: Sequence[Trajectory], advs: Sequence[float]) -> list[Tr
 
 
 def rollout_metrics(trajs: Sequence[Trajectory]) -> dict[str, float]:
-    """Accuracy (extracted answer = gold), format rate, searches per trajectory, lengths, finish reasons."""
+    """Accuracy (`protocol.is_correct`, as evaluation counts it), format rate, searches per trajectory, lengths,
+    finish reasons."""
     n = max(len(trajs), 1)
     correct = fmt = searches = 0
     for t in trajs:
-        letter, text = extract_answer(parse(t.text).answer, t.question.options)
-        gold = t.question.answer_letter
-        correct += (letter == gold) if gold else (text.strip().lower() == t.question.answer_text.strip().lower())
+        correct += is_correct(parse(t.text).answer, t.question)
         fmt += check_format(t.text, t.search_allowed, t.self_document).ok
         searches += len(t.searches)
     return {

@@ -1,4 +1,4 @@
-"""The rollout protocol: prompts, tags, format rules, answer extraction and loss masks.
+"""The rollout protocol: prompts, tags, format rules, answer extraction and correctness, and loss masks.
 
 The model reasons in ``<think>…</think>`` and answers in ``<answer>…</answer>``; inside ``<think>`` it may write
 ``<search>query</search>``, after which the system inserts the top documents as ``<document>…</document>`` spans and
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from medr3.data import Question
+from medr3.rewards.text import normalize, token_f1, words
 
 SEARCH_STOP = "</search>"
 ANSWER_STOP = "</answer>"
@@ -107,11 +108,6 @@ def search_query(text: str) -> str | None:
     return query or None
 
 
-def wrote_document_tag(text: str) -> bool:
-    """Whether generated text contains a ``<document>`` tag: the model imitating the system (a format error)."""
-    return "<document>" in text or "</document>" in text
-
-
 @dataclass
 class Parsed:
     think: str = ""
@@ -120,10 +116,18 @@ class Parsed:
     documents: int = 0
 
 
+def with_leading_think(text: str) -> str:
+    """The response with its opening ``<think>``: the prompt ends with one, so a response starts inside the think
+    block and is read as if it had written the tag, unless it opened the block again itself."""
+    return text if text.lstrip().startswith("<think>") else "<think>" + text
+
+
 def parse(text: str) -> Parsed:
-    """Pull the parts of a (possibly malformed) response out by tag; never raises."""
+    """Pull the parts of a (possibly malformed) response out by tag; never raises. The response starts inside
+    ``<think>`` (`with_leading_think`); the reasoning ends at ``</think>``, or at ``<answer>`` when never closed."""
     out = Parsed()
-    think = re.search(r"<think>(.*?)(?:</think>|$)", text, re.DOTALL)
+    text = with_leading_think(text)
+    think = re.search(r"<think>(.*?)(?:</think>|<answer>|$)", text, re.DOTALL)
     if think:
         out.think = re.sub(r"<search>.*?</search>|<document>.*?</document>", " ", think.group(1), flags=re.DOTALL)
         out.think = " ".join(out.think.split())
@@ -150,9 +154,7 @@ def check_format(text: str, search_allowed: bool, self_document: bool = False) -
     """
     if self_document:
         return FormatCheck(False, "model wrote a <document> tag itself")
-    body = text.strip()
-    if not body.startswith("<think>"):
-        body = "<think>" + body  # the prompt ends with <think>, so responses usually start inside it
+    body = with_leading_think(text.strip())
     tags = [(m.group(1) == "/", m.group(2), m.start(), m.end()) for m in _ANY_TAG.finditer(body)]
     state, after_search, searches = "start", False, 0
     for closing, tag, _start, _end in tags:
@@ -194,34 +196,89 @@ def _next_states(state: str, search_allowed: bool) -> dict[tuple[bool, str], str
     }[state]
 
 
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
-
-
+# A letter is read only where it stands as a letter, never as the article in "A viral infection" or the start of
+# "B-cell lymphoma"; a lone letter inside a sentence ("Vitamin C") is option text, not a letter.
 _LETTER_PATTERNS = (
-    re.compile(r"^\(?([A-J])\)?(?:[.):\s]|$)"),
-    re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?(?:[.):\s]|$)", re.IGNORECASE),
+    re.compile(r"^[\s*]*\(?([A-J])(?:[.):]|[\s*]*$)"),  # "A", "A.", "(A)", "A)", "A:", "**A**" at the start
+    re.compile(r"\(([A-J])\)"),  # "(A)" anywhere
+    re.compile(r"(?i:\banswer(?:\s+is)?)\s*:?\s*(?!A\s+[a-z])\(?([A-J])(?![\w-])"),  # "answer is B", "Answer: B"
+    re.compile(r"(?i:\b(?:option|choice))\s*:?\s*\(?([A-J])(?![\w-])"),  # "Option A", "choice (C)"
+    re.compile(r"(?<![\w-])([A-J])\)?\s*(?:,|/|\bor\b|\band\b)\s*\(?(?=([A-J])(?![\w-]))"),  # "C or D", "A, B"
 )
 
 
+def _norm(text: str) -> str:
+    return " ".join(words(text))
+
+
+def _within(part: str, whole: str) -> bool:
+    """Whether normalised `part` is a run of whole words of normalised `whole` ("iron" is not in "environmental")."""
+    return f" {part} " in f" {whole} "
+
+
+def _stated_letters(answer: str, options: dict[str, str]) -> tuple[set[str], str]:
+    """The option letters the answer states as letters, and its text with those letter markers blanked out. Option
+    texts (as written, two characters or more) are masked first: the letters of "V(D)J recombination" or "vitamins
+    A, D, E, and K" are not stated, while option "C" of a question whose options are letters still is."""
+    masked = answer
+    for text in sorted((t.strip() for t in options.values() if len(t.strip()) > 1), key=len, reverse=True):
+        masked = re.sub(rf"(?<!\w){re.escape(text)}(?!\w)", lambda m: " " * len(m.group()), masked)
+    letters, rest = set(), list(answer)
+    for pattern in _LETTER_PATTERNS:
+        for m in pattern.finditer(masked):
+            letters |= {g for g in m.groups() if g in options}
+            rest[m.start() : m.end()] = " " * (m.end() - m.start())
+    return letters, "".join(rest)
+
+
+def _named_texts(text: str, options: dict[str, str]) -> set[str]:
+    """Letters of the options whose whole text the text contains, as whole words; an option whose text is part of
+    another named option's text is not named on its own ("iron deficiency anemia" names only that, not "anemia")."""
+    said = _norm(text)
+    hits = {letter: _norm(t) for letter, t in options.items() if _norm(t) and _within(_norm(t), said)}
+    return {letter for letter, t in hits.items() if not any(t != u and _within(t, u) for u in hits.values())}
+
+
+def named_options(answer: str | None, options: dict[str, str]) -> list[str]:
+    """The letters of every option an answer names, by letter or by text, sorted. A stated letter followed by a
+    prefix of its own text ("B. Anemia" for "Anemia of chronic disease") names that option only; followed by
+    another option's text it names both ("B. Intravenous methylprednisolone" while that is option A's text)."""
+    if not answer or not options:
+        return []
+    letters, rest = _stated_letters(answer, options)
+    texts = _named_texts(rest, options)
+    if len(letters) == 1:  # text inside the stated option's own text names nothing more
+        own = _norm(options[next(iter(letters))])
+        texts = {t for t in texts if not _within(_norm(options[t]), own)}
+    return sorted(letters | texts)
+
+
 def extract_answer(answer: str | None, options: dict[str, str]) -> tuple[str | None, str]:
-    """(letter, text) of an answer. MCQ: a leading or stated option letter, else the option whose text it contains
-    (the longest such option, so "iron deficiency anemia" wins over "anemia"). Open questions: (None, text)."""
+    """(letter, text) of an answer. MCQ: the one option it names (`named_options`), else (None, answer): naming
+    none or several is no answer. Open questions: (None, text)."""
     if not answer:
         return None, ""
     answer = answer.strip()
-    if not options:
-        return None, answer
-    for pattern in _LETTER_PATTERNS:
-        m = pattern.search(answer)
-        if m and m.group(1) in options:
-            return m.group(1), options[m.group(1)]
-    said = _norm(answer)
-    hits = [(len(_norm(t)), letter) for letter, t in options.items() if _norm(t) and _norm(t) in said]
-    if hits:
-        letter = max(hits)[1]
-        return letter, options[letter]
+    named = named_options(answer, options)
+    if len(named) == 1:
+        return named[0], options[named[0]]
     return None, answer
+
+
+SAME_TEXT_F1 = 0.8  # token F1 at which a free-text answer says the gold text (2 of its 3 words)
+
+
+def is_correct(answer: str | None, question: Question) -> bool:
+    """Whether an answer is right: for a multiple-choice question it names the gold option and no other
+    (`extract_answer`); for an open one it equals the gold text after normalisation or has token F1 >= 0.8 with it.
+    No answer is never right. Training metrics, evaluation and the answer reward's full credit all use this."""
+    if not answer or not answer.strip():
+        return False
+    if question.options and question.answer_letter:
+        return extract_answer(answer, question.options)[0] == question.answer_letter
+    if normalize(answer) == normalize(question.answer_text):
+        return True
+    return token_f1(answer, question.answer_text) + 1e-9 >= SAME_TEXT_F1  # 2 of 3 words is exactly 0.8: no float loss
 
 
 @dataclass

@@ -86,7 +86,7 @@ async def sse(
 def answer_body(traj: Trajectory, snippet_chars: int, latency_ms: float) -> dict:
     """The /v1/answer response for one trajectory: answer, reasoning (searches and documents removed), the searches
     with their documents as snippets (tags stripped), token usage."""
-    parsed = parse("<think>" + traj.text)  # the prompt ends with <think>, so the response starts inside it
+    parsed = parse(traj.text)
     letter, _ = extract_answer(parsed.answer, traj.question.options)
     searches = [
         {"query": s["query"], "documents": [_document(d, snippet_chars) for d in s["documents"]]}

@@ -71,6 +71,26 @@ def test_accuracy_by_majority_vote_and_by_mean_on_known_answers():
     assert majority["searches_per_question"] == 0.0
 
 
+def test_an_open_question_is_scored_by_its_answer_text_and_never_right_without_an_answer():
+    q = Question("o", "What prevents scurvy?", {}, None, "Vitamin C")
+    silent = question_record([traj(q, 0, None), traj(q, 1, None)])
+    answered = question_record([traj(q, 0, "vitamin C."), traj(q, 1, "Iron"), traj(q, 2, "Iron")])
+    assert summarize([silent], "majority")["accuracy"] == summarize([silent], "mean")["accuracy"] == 0.0
+    assert summarize([answered], "majority")["accuracy"] == 0.0  # the majority said iron
+    assert summarize([answered], "mean")["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_training_accuracy_counts_the_same_answers_correct_as_evaluation():
+    from medr3.experience import rollout_metrics
+
+    mcq, open_q = question("1", "A"), Question("o", "What prevents scurvy?", {}, None, "Vitamin C")
+    groups = [[traj(mcq, 0, "A. Iron deficiency"), traj(mcq, 1, "Iron deficiency or thalassemia")],
+              [traj(open_q, 0, None), traj(open_q, 1, "vitamin C.")]]  # fmt: skip
+    evaluated = summarize([question_record(g) for g in groups], "mean")["accuracy"]
+    assert rollout_metrics([t for g in groups for t in g])["rollout/accuracy"] == evaluated == 0.5
+    assert rollout_metrics(groups[0][1:])["rollout/accuracy"] == 0.0  # naming two options is wrong
+
+
 def test_searches_per_question_is_the_mean_over_samples_and_the_average_is_per_task():
     q = question("1", "A")
     rec = question_record([traj(q, 0, "A", searches=2), traj(q, 1, "B", searches=1)])

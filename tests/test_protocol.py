@@ -11,10 +11,11 @@ from medr3.protocol import (
     check_format,
     extract_answer,
     format_documents,
+    is_correct,
     parse,
     search_query,
     strip_tags,
-    wrote_document_tag,
+    with_leading_think,
 )
 
 MCQ = Question(
@@ -68,7 +69,6 @@ def test_self_written_document_is_a_format_error_whatever_the_text():
     good = "<think>x</think><answer>A</answer>"
     result = check_format(good, search_allowed=True, self_document=True)
     assert not result.ok and "document" in result.reason
-    assert wrote_document_tag("I will write <document>facts</document>")
 
 
 def test_parse_pulls_reasoning_searches_and_answer():
@@ -109,6 +109,123 @@ def test_longest_option_text_wins():
 
 def test_open_answers_keep_their_text():
     assert extract_answer(" vitamin C deficiency ", {}) == (None, "vitamin C deficiency")
+
+
+DIET = {"A": "Iron", "B": "Folate", "C": "Vitamin B12"}
+STEROID = {"A": "Intravenous methylprednisolone", "B": "Diphenhydramine", "C": "Epinephrine"}
+PUBMEDQA = {"A": "yes", "B": "no", "C": "maybe"}
+
+
+@pytest.mark.parametrize(
+    "answer, options",
+    [
+        ("Environmental factors", DIET),  # "iron" inside "environmental"
+        ("Unknown", PUBMEDQA),  # "no" inside "unknown"
+        ("Ironically, diet", DIET),
+    ],
+)
+def test_option_text_counts_only_as_whole_words(answer, options):
+    assert extract_answer(answer, options) == (None, answer)
+
+
+@pytest.mark.parametrize(
+    "answer, letter",
+    [
+        ("A viral infection", None),  # the article, not option A
+        ("The answer is a viral infection", None),
+        ("A. Iron", "A"),
+        ("A", "A"),
+        ("A.", "A"),
+        ("(A)", "A"),
+        ("A)", "A"),
+        ("A: Iron", "A"),
+        ("**A. Iron**", "A"),
+        ("the answer is A", "A"),
+        ("Option A", "A"),
+        ("B-cell deficiency", None),  # a hyphenated word, not option B
+    ],
+)
+def test_a_letter_counts_only_when_it_stands_as_a_letter(answer, letter):
+    assert extract_answer(answer, DIET)[0] == letter
+
+
+@pytest.mark.parametrize(
+    "answer, options",
+    [
+        ("Iron or folate deficiency", DIET),
+        ("A. Iron or B. Folate", DIET),
+        ("Option A or option C", DIET),
+        ("yes or no", PUBMEDQA),
+    ],
+)
+def test_an_answer_naming_two_options_names_none(answer, options):
+    assert extract_answer(answer, options)[0] is None
+
+
+@pytest.mark.parametrize(
+    "answer, letter",
+    [("No.", "B"), ("yes", "A"), ("Maybe", "C"), ("B. no", "B"), ("Unknown", None), ("Not known", None)],
+)
+def test_pubmedqa_answers_read_as_yes_no_maybe(answer, letter):
+    assert extract_answer(answer, PUBMEDQA)[0] == letter
+
+
+@pytest.mark.parametrize(
+    "answer, letter",
+    [
+        ("B. Intravenous methylprednisolone", None),  # letter B, text of option A
+        ("A. Diphenhydramine", None),
+        ("B. Diphenhydramine", "B"),
+        ("B. Diphenhydramine 50 mg IV", "B"),  # its own text, with more words
+        ("A. Intravenous methylpred", "A"),  # a prefix of its own text
+        ("A. IV methylprednisolone", "A"),  # a near copy naming no other option
+    ],
+)
+def test_a_letter_contradicted_by_another_options_text_names_none(answer, letter):
+    assert extract_answer(answer, STEROID)[0] == letter
+
+
+def test_a_letter_with_a_prefix_of_its_own_text_keeps_that_letter():
+    options = {"A": "Anemia", "B": "Anemia of chronic disease"}
+    assert extract_answer("B. Anemia", options)[0] == "B"  # "Anemia" is also option A's whole text
+    assert extract_answer("A. Anemia of chronic disease", options)[0] is None
+    assert extract_answer("anemia of chronic disease", options)[0] == "B"  # one option named, the longer one
+
+
+@pytest.mark.parametrize(
+    "answer, correct",
+    [("A. Vitamin C", True), ("vitamin c", True), ("B", False), ("Vitamin C or iron", False), (None, False)],
+)
+def test_a_multiple_choice_answer_is_correct_exactly_when_it_names_the_gold_option(answer, correct):
+    assert is_correct(answer, MCQ) is correct
+
+
+@pytest.mark.parametrize(
+    "answer, correct",
+    [("Vitamin C deficiency.", True), ("vitamin c deficiency", True), ("Iron", False), (None, False), ("", False)],
+)
+def test_an_open_answer_is_correct_by_its_text_and_a_missing_one_never_is(answer, correct):
+    assert is_correct(answer, OPEN) is correct
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Scurvy.</think><answer>A</answer>",  # the prompt opened <think>
+        "<think>Scurvy.</think><answer>A</answer>",  # the model opened it again
+        "  <think>Scurvy.</think><answer>A</answer>",
+    ],
+)
+def test_a_response_starts_inside_one_think_block(text):
+    assert with_leading_think(text).lstrip().startswith("<think>Scurvy.")
+    assert with_leading_think(text).count("<think>") == 1
+    assert parse(text).think == "Scurvy." and parse(text).answer == "A"
+    assert check_format(text, search_allowed=False).ok
+
+
+def test_reasoning_stops_at_the_answer_even_without_a_closing_think():
+    assert parse("<answer>D</answer>").think == ""
+    assert parse("it is D <answer>D</answer>").think == "it is D"
 
 
 def test_retrieved_text_cannot_inject_protocol_tags():

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from medr3.config import RewardComposition, RewardConfig
 from medr3.data import Question
-from medr3.protocol import format_documents
+from medr3.protocol import format_documents, is_correct
 from medr3.rewards import get_term, registered_terms
 from medr3.rewards.composition import compose, gain_weights
 from medr3.rewards.inputs import RewardContext, RewardInput
@@ -163,6 +163,9 @@ def test_all_release_terms_are_registered():
         (MCQ, "It is parvovirus B19 infection", 1.0),  # right option named without its letter
         (MCQ, "C. Iron deficiency", 0.1),  # wrong letter
         (MCQ, "a parvovirus", 0.4),  # no option named: free text, partial overlap with the gold option
+        (MCQ, "Parvovirus B19", 0.4),  # close to the gold text but naming no option: at most partial
+        (MCQ, "Parvovirus B19 infection or iron deficiency", 0.1),  # naming two options earns nothing for hedging
+        (MCQ, "D. Iron deficiency", 0.1),  # the gold letter with another option's text
         (OPEN, "parvovirus B19 infection.", 1.0),  # normalised exact match
         (OPEN, "Parvovirus B19", 1.0),  # token F1 0.8
         (OPEN, "a viral infection", 0.4),  # token F1 0.4: partial
@@ -173,6 +176,25 @@ def test_all_release_terms_are_registered():
 )
 def test_answer_term_grades_full_partial_wrong_missing(question, answer, expected):
     assert term("answer", item(question, answer=answer)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        (MCQ, "D"),
+        (MCQ, "parvovirus b19 infection"),
+        (MCQ, "Parvovirus B19"),
+        (MCQ, "D or C"),
+        (MCQ, "Iron deficiency"),
+        (OPEN, "Parvovirus B19"),
+        (OPEN, "a viral infection"),
+        (PUBMED, "Yes."),
+        (PUBMED, "Unknown"),
+        (PUBMED, None),
+    ],
+)
+def test_answer_term_gives_full_credit_exactly_when_the_answer_is_correct(question, answer):
+    assert (term("answer", item(question, answer=answer)) == 1.0) is is_correct(answer, question)
 
 
 # --- format, think length, language, overlong -----------------------------------------------------------------------
@@ -261,13 +283,34 @@ def test_clinical_consistency_needs_an_embedder():
 
 
 def test_evidence_is_zero_when_search_is_required_and_none_made():
-    assert term("evidence", item(PUBMED, require_search=True)) == 0.0
-    assert term("search_quality", item(PUBMED, require_search=True)) == 0.0
+    required = item(PUBMED, search_allowed=True, require_search=True)
+    assert term("evidence", required) == 0.0
+    assert term("search_quality", required) == 0.0
 
 
-def test_evidence_and_search_quality_are_skipped_without_search_when_not_required():
-    assert term("evidence", item(PUBMED)) is None
+def test_evidence_is_skipped_only_where_search_is_not_allowed():
+    assert term("evidence", item(PUBMED, search_allowed=False)) is None
+    assert term("evidence", item(PUBMED, search_allowed=True)) == 0.0  # could have searched and did not
     assert term("search_quality", item(PUBMED)) is None
+    assert term("search_quality", item(PUBMED, search_allowed=True)) is None  # only required search scores it
+
+
+JOINT = RewardComposition(
+    gain={"answer": 1.0, "clinical_consistency": 0.8, "evidence": 0.5},
+    floor=0.0,
+    penalty={"format": 0.1, "think_length": 0.1, "language": 0.1},
+    shaping={"overlong": 1.0},
+)
+
+
+@pytest.mark.parametrize("doc", [DOC_HIT, DOC_MISS])
+def test_not_searching_never_outscores_searching_when_search_is_allowed(doc):
+    silent = item(think=REFERENCE, search_allowed=True)
+    searching = item(think=REFERENCE, searches=[search("parvovirus aplastic crisis", doc)], search_allowed=True)
+    silent_scores, searching_scores = scores_of(silent, JOINT), scores_of(searching, JOINT)
+    assert searching_scores["evidence"] >= 0.0 and silent_scores["evidence"] == 0.0
+    # A skipped evidence term would hand its 0.5 to the others: 1.8 * 2.3 / 1.8 = 2.3 > 1.8 + 0.5 * evidence.
+    assert compose(searching_scores, JOINT) >= compose(silent_scores, JOINT)
 
 
 def test_evidence_scores_gold_hit_and_grounding():

@@ -32,10 +32,11 @@ def grounding(item: RewardInput, ctx: RewardContext) -> float | None:
 @register_reward("evidence")
 def evidence_term(item: RewardInput, ctx: RewardContext) -> float | None:
     """Range [0, 1]: the mean of the gold-evidence hit (when the question has gold ids) and grounding (when the
-    response names medical entities); 0.0 when no part applies. With no search made: 0.0 when the stage requires
-    search, else None (skipped, its weight redistributed)."""
+    response names medical entities); 0.0 when no part applies. With no search made: 0.0 when the stage allows
+    search, None (skipped) only when it does not. Skipping would hand this term's gain weight to the others, so in a
+    stage that allows search, not searching would out-score searching with little evidence."""
     if not item.searches:
-        return 0.0 if item.require_search else None
+        return 0.0 if item.search_allowed else None
     parts = [gold_hit(item)] if item.question.evidence_ids else []
     ground = grounding(item, ctx)
     if ground is not None:

@@ -44,10 +44,7 @@ class RewardInput:
     @cached_property
     def parsed(self) -> Parsed:
         """The response split by tag (parsed once; several terms read it)."""
-        text = self.response
-        if "<think>" not in text and "</think>" in text:
-            text = "<think>" + text  # the prompt ends with <think>, so responses usually start inside it
-        return parse(text)
+        return parse(self.response)
 
     @property
     def documents(self) -> list[dict]:
