@@ -5,6 +5,7 @@ DeepSpeed is imported inside functions so that importing the project does not pa
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -75,6 +76,36 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(engine, folder: str, client_state: dict) -> None:
     engine.save_checkpoint(folder, tag="state", client_state=client_state, save_latest=False)
+
+
+def snapshot_checkpoint(engine, folder: str, client_state: dict) -> list[tuple[str, object]]:
+    """What `save_checkpoint` would write, as in-memory copies `(path, state)` to write later (`write_snapshot`).
+
+    DeepSpeed writes every file through `engine.checkpoint_engine.save(state, path)`; swapping in an engine that
+    deep-copies instead of writing lets training go on while another thread writes the copies (folders are made now).
+    """
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    class Capture(TorchCheckpointEngine):
+        def __init__(self):
+            super().__init__(None)
+            self.files: list[tuple[str, object]] = []
+
+        def save(self, state_dict, path: str):
+            self.files.append((path, copy.deepcopy(state_dict)))
+
+    original, capture = engine.checkpoint_engine, Capture()
+    engine.checkpoint_engine = capture
+    try:
+        engine.save_checkpoint(folder, tag="state", client_state=client_state, save_latest=False)
+    finally:
+        engine.checkpoint_engine = original
+    return capture.files
+
+
+def write_snapshot(files: list[tuple[str, object]]) -> None:
+    for path, state in files:
+        torch.save(state, path)
 
 
 def load_checkpoint(engine, folder: str) -> dict:

@@ -85,6 +85,8 @@ def _engine_kwargs(model: str, tokenizer: str, dtype: str, seed: int, g: Generat
         enforce_eager=g.enforce_eager,
         max_num_seqs=g.max_num_seqs,
         enable_prefix_caching=True,
+        # Logprobs of the distribution actually sampled (after temperature and top-p), as the learner computes them.
+        logprobs_mode="processed_logprobs",
     )
     if _is_cpu():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(g.kv_cache_gib))))

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 META = "meta.json"
@@ -28,9 +29,11 @@ class CheckpointDir:
         return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
 
     def commit(self, tmp: Path, step: int, meta: dict) -> Path:
-        """Write `meta.json` into `tmp`, rename it to `step-<step>`, prune to the last `keep`."""
+        """Write `meta.json` into `tmp`, rename it to `step-<step>`, prune to the last `keep` (in commit order)."""
+        done = self._metas()
+        order = 1 + max((m.get("commit", 0) for _, m in done), default=0)
         with open(tmp / META, "w", encoding="utf-8") as f:
-            json.dump({"step": step, **meta}, f, indent=2)
+            json.dump({"step": step, **meta, "commit": order}, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
         final = self.root / f"step-{step:06d}"
@@ -45,16 +48,28 @@ class CheckpointDir:
         return final
 
     def all(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p for p in self.root.glob("step-*") if (p / META).is_file())
+        """Complete checkpoints, oldest commit first (not by step number: a run restarted at step 1 is newer)."""
+        return [path for path, _ in self._metas()]
 
     def latest(self) -> tuple[Path, dict] | None:
-        done = self.all()
-        if not done:
+        done = self._metas()
+        return done[-1] if done else None
+
+    def set_aside(self) -> Path | None:
+        """Move every checkpoint (and stale temporary folder) to `<root>.old-<time>`, so that a fresh run neither
+        resumes from them nor prunes them; returns where they went (None when there was nothing)."""
+        if not self.root.is_dir() or not any(self.root.iterdir()):
             return None
-        return done[-1], json.loads((done[-1] / META).read_text(encoding="utf-8"))
+        dest = self.root.with_name(f"{self.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(self.root, dest)
+        return dest
+
+    def _metas(self) -> list[tuple[Path, dict]]:
+        if not self.root.is_dir():
+            return []
+        found = [(p, json.loads((p / META).read_text(encoding="utf-8"))) for p in self.root.glob("step-*")
+                 if (p / META).is_file()]  # fmt: skip
+        return sorted(found, key=lambda pm: (pm[1].get("commit", 0), pm[1].get("step", 0)))
 
     def _prune(self) -> None:
         for old in self.all()[: -self.keep]:

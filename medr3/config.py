@@ -32,8 +32,23 @@ class RunConfig(_Section):
     output_dir: str = Field("runs/default", description="Checkpoints, metrics.jsonl, TensorBoard events, the report.")
     seed: int = Field(0, description="Seeds data order, sampling and model init.")
     resume: bool = Field(True, description="Continue from the last checkpoint in output_dir if there is one.")
-    checkpoint_every: int = Field(1, ge=1, description="Steps between checkpoints (a stage's last step always saves).")
+    checkpoint_every: int = Field(
+        5,
+        ge=1,
+        description="Steps between checkpoints. A checkpoint is written in the background (the learner snapshots "
+        "its state and goes on); a stage's last step and the job's end always checkpoint.",
+    )
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
+    final_eval: bool = Field(
+        True,
+        description="Evaluate the base model (at the start) and the final checkpoint (at the end) on the same fixed "
+        "slice with the same seeds; written to final_eval.json, summary.md and report.png.",
+    )
+    final_eval_tasks: list[str] = Field(
+        default_factory=lambda: ["mmlu", "pubmedqa"],
+        description="Evaluation tasks of the before/after comparison (names from `pipelines/evaluate.py --tasks`).",
+    )
+    final_eval_limit: int = Field(64, ge=1, description="The first N questions of each final-eval task.")
 
 
 class ModelConfig(_Section):
@@ -42,7 +57,9 @@ class ModelConfig(_Section):
     path: str = Field(description="HF model folder (config.json + safetensors).")
     tokenizer: str | None = Field(None, description="Tokenizer folder; defaults to `path`.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="Weights dtype for generation and training; float32 on CPU for exact sync checks."
+        "bfloat16",
+        description="Generator (vLLM) weights dtype. The learner keeps fp32 master weights and computes in "
+        "`learner.precision`; float32 here and there makes generator and learner logprobs agree exactly.",
     )
 
     @property
@@ -184,11 +201,20 @@ class LearnerConfig(Resources):
     """DeepSpeed learner ranks (`actors/learner.py`); `replicas` is the number of ranks."""
 
     zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Learner compute: bf16 autocast with fp32 master weights and optimizer state, or fp32. auto = "
+        "bf16 where the device has native bf16 (CUDA with bf16, CPUs with AVX-512-BF16 or AMX), else fp32.",
+    )
     gradient_checkpointing: bool = False
     micro_batch_tokens: int = Field(8192, ge=16, description="Token budget of one packed micro-batch.")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto = nccl with GPUs, gloo without.")
-    old_logprobs: Literal["generator", "recompute"] = Field(
-        "generator", description="Importance-ratio denominator: the generator's logprobs or a learner recompute."
+    old_logprobs: Literal["auto", "generator", "recompute"] = Field(
+        "auto",
+        description="Importance-ratio denominator: the generator's logprobs or the learner's own (recompute). auto = "
+        "recompute unless learner and generator share exact fp32 numerics, or in pipelined mode (whose one-step "
+        "lag must be corrected against the generator's logprobs). With recompute, one PPO epoch and one mini-batch "
+        "the ratio is exactly 1 and the learner takes the old logprobs from the training forward (no extra pass).",
     )
     weight_sync: Literal["auto", "object_store", "nccl"] = Field(
         "auto",
@@ -231,6 +257,47 @@ class GRPOConfig(_Section):
         if self.overlong_buffer >= self.max_response_tokens:
             raise ValueError("overlong_buffer must be smaller than max_response_tokens")
         return self
+
+
+class WarmupConfig(_Section):
+    """The supervised warm start before the GRPO stages (the cold start of R1-style pipelines): demonstrations of
+    the protocol built from the training data (`medr3/demos.py`) and trained with token-mean cross-entropy on the
+    tokens a model writes (prompts and inserted documents masked). 0 steps = off (the paper starts RL from the
+    instruct model; a 135M model never finds the format by sampling)."""
+
+    steps: int = Field(0, ge=0, description="Optimizer steps of the warm start (0 = skip it).")
+    batch_size: int = Field(8, ge=1, description="Demonstrations per optimizer step.")
+    lr: float = Field(5e-5, gt=0, description="Learning rate of the warm start (the GRPO stages use grpo.lr).")
+    fraction: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="Share of each training file's questions (by a seeded hash of the id) kept for demonstrations; "
+        "the GRPO stages never sample them.",
+    )
+    mix: dict[Literal["reasoning", "mcq", "search"], float] = Field(
+        default_factory=lambda: {"reasoning": 0.3, "mcq": 0.35, "search": 0.35},
+        description="Share of each demonstration kind: reasoning (HuatuoGPT-o1 chains of thought), mcq (HEAD-QA "
+        "train) and search (PubMedQA non-test with our retriever's documents).",
+    )
+    reasoning: DatasetSpec = Field(
+        default_factory=lambda: DatasetSpec(kind="huatuo", path="data/train/huatuogpt_o1_demo_195.json.xz")
+    )
+    mcq: DatasetSpec = Field(
+        default_factory=lambda: DatasetSpec(kind="headqa", path="data/train/headqa_en/train_HEAD_EN.json.xz")
+    )
+    search: DatasetSpec = Field(
+        default_factory=lambda: DatasetSpec(kind="pubmedqa", path="data/train/pubmedqa_pqal_nontest500.jsonl.xz")
+    )
+
+    @model_validator(mode="after")
+    def _not_eval(self) -> WarmupConfig:
+        if any(spec.kind == "mirage" for spec in (self.reasoning, self.mcq, self.search)):
+            raise ValueError("MIRAGE is an evaluation benchmark: never train on it (data/README.md)")
+        return self
+
+    def specs(self) -> dict[str, DatasetSpec]:
+        return {"reasoning": self.reasoning, "mcq": self.mcq, "search": self.search}
 
 
 class RolloutConfig(_Section):
@@ -307,6 +374,7 @@ class StageConfig(_Section):
 
 
 class StagesConfig(_Section):
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     reasoning: StageConfig
     retrieval: StageConfig
     joint: StageConfig
@@ -381,12 +449,28 @@ class Config(_Section):
     def _fits(self) -> Config:
         if self.grpo.max_response_tokens >= self.generator.max_model_len:
             raise ValueError("grpo.max_response_tokens must leave room for the prompt within generator.max_model_len")
+        if self.grpo.pipelined and self.learner.old_logprobs == "recompute":
+            raise ValueError(
+                "grpo.pipelined with learner.old_logprobs=recompute would drop the one-step lag of the rollout: use "
+                "old_logprobs generator (or auto), whose ratio is taken against the policy that sampled"
+            )
         eval_paths = {Path(spec.path).resolve() for spec in self.data.eval}
-        for name, stage in self.stages.ordered():
-            for spec in stage.train:
-                if Path(spec.path).resolve() in eval_paths:
-                    raise ValueError(f"stages.{name}.train: {spec.path} is also an evaluation set in data.eval")
+        warm = [("stages.warmup", spec) for spec in self.stages.warmup.specs().values()]
+        train = warm + [
+            (f"stages.{name}.train", spec) for name, stage in self.stages.ordered() for spec in stage.train
+        ]
+        for key, spec in train:
+            if Path(spec.path).resolve() in eval_paths:
+                raise ValueError(f"{key}: {spec.path} is also an evaluation set in data.eval")
         return self
+
+    def recompute_old_logprobs(self) -> bool:
+        """Whether the learner recomputes the ratio's denominator (see `LearnerConfig.old_logprobs`)."""
+        mode = self.learner.old_logprobs
+        if mode == "auto":
+            exact = self.learner.precision == "fp32" and self.model.dtype == "float32"
+            return not (exact or self.grpo.pipelined)
+        return mode == "recompute"
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -430,6 +514,7 @@ def resolve_paths(config: Config, base: Path) -> None:
         if encoder.embedder != "minilm":
             encoder.embedder = fix(encoder.embedder)
     specs = list(config.data.eval) + [spec for _, stage in config.stages.ordered() for spec in stage.train]
+    specs += list(config.stages.warmup.specs().values())
     for spec in specs:
         spec.path = fix(spec.path)
 
@@ -441,12 +526,19 @@ def missing_paths(config: Config) -> list[str]:
         needs.append(("model.tokenizer", Path(config.model.tokenizer)))
     for name, stage in config.stages.ordered():
         needs += [(f"stages.{name}.train[{i}].path", Path(s.path)) for i, s in enumerate(stage.train)]
-    if (
-        any(stage.retrieval and stage.steps for _, stage in config.stages.ordered())
-        and config.retriever.backend != "server"
-    ):
+    if config.stages.warmup.steps:
+        needs += [(f"stages.warmup.{kind}.path", Path(s.path)) for kind, s in config.stages.warmup.specs().items()]
+    if needs_search(config) and config.retriever.backend != "server":
         needs.append(("retriever.index_path", Path(config.retriever.index_path)))
     return [f"{key}: {path} does not exist" for key, path in needs if not path.exists()]
+
+
+def needs_search(config: Config) -> bool:
+    """Whether the run searches: a retrieval stage with steps, search demonstrations in the warm start, or the
+    before/after evaluation (its `rag` mode)."""
+    warm = config.stages.warmup
+    stages = any(stage.retrieval and stage.steps for _, stage in config.stages.ordered())
+    return stages or bool(warm.steps and warm.mix.get("search")) or config.run.final_eval
 
 
 def _apply_override(raw: dict, item: str, path: Path) -> None:

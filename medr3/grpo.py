@@ -65,6 +65,9 @@ def compute_advantages(rewards: torch.Tensor, estimator: str = "grpo", eps: floa
     return fn(rewards.float(), eps)
 
 
+LOG_RATIO_LIMIT = 20.0  # exp(20) ≈ 5e8: far outside any clip range, far inside float32
+
+
 @dataclass(frozen=True)
 class LossSettings:
     clip_low: float = 0.2
@@ -89,6 +92,8 @@ def policy_loss_terms(
     mask = mask.to(logprobs.dtype)
     adv = advantages.unsqueeze(1).to(logprobs.dtype)
     log_ratio = (logprobs - old_logprobs) * mask  # masked positions hold arbitrary old logprobs: zero them first
+    # A stale or mismatched old logprob can make the log-ratio huge; exp() would overflow to inf and the loss to NaN.
+    log_ratio = torch.clamp(log_ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - s.clip_low, 1.0 + s.clip_high)

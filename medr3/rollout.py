@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from medr3.config import Config
 from medr3.data import Question
 from medr3.protocol import (
     ANSWER_STOP,
@@ -88,6 +89,17 @@ class RolloutSettings:
     max_searches: int = 4
     max_document_tokens: int = 256
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, config: Config, max_response_tokens: int | None = None) -> RolloutSettings:
+        """The run's settings, so that training, evaluation and serving generate under the same budgets."""
+        return cls(
+            max_response_tokens or config.grpo.max_response_tokens,
+            config.generator.max_model_len,
+            config.rollout.max_searches,
+            config.rollout.max_document_tokens,
+            config.run.seed,
+        )
 
 
 @dataclass

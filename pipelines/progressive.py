@@ -10,6 +10,7 @@ Rerunning with the same output directory resumes from the last checkpoint: same 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -22,10 +23,20 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from medr3.config import STAGE_NAMES, Config, ConfigError, StageConfig, load_config, missing_paths  # noqa: E402
+from medr3.config import (  # noqa: E402
+    STAGE_NAMES,
+    Config,
+    ConfigError,
+    StageConfig,
+    load_config,
+    missing_paths,
+    needs_search,
+)
 from medr3.data import load_dataset  # noqa: E402
 
-log = logging.getLogger("medr3.progressive")
+WARMUP = "warmup"
+ALL_STAGES = (WARMUP, *STAGE_NAMES)  # the position's stage_index counts in this order
+EVAL_TEMPERATURE, EVAL_TOP_P = 0.6, 0.9  # the release's evaluation sampling (docs/method.md)
 
 
 class Timer:
@@ -50,7 +61,6 @@ class ProgressiveTrainer:
     """Owns the actors and the position (stage, step, weights version) of one run."""
 
     def __init__(self, config: Config, fresh: bool = False):
-        import ray
         from transformers import AutoTokenizer
 
         from actors.generator import GeneratorPool
@@ -65,27 +75,35 @@ class ProgressiveTrainer:
         self.config = config
         self.out = Path(config.run.output_dir)
         self.ckpts = CheckpointDir(self.out / "checkpoints", keep=config.run.keep_checkpoints)
-        resume = self.ckpts.latest() if config.run.resume and not fresh else None
+        if fresh:
+            moved = self.ckpts.set_aside()
+            if moved:
+                print(f"[fresh] earlier checkpoints moved to {moved}", flush=True)
+            (self.out / "final_eval.json").unlink(missing_ok=True)
+        resume = self.ckpts.latest() if config.run.resume else None
         self.pos = {"stage_index": 0, "stage_step": 0, "global_step": 0, "version": 0, "gate_streak": 0}
+        self.pending_checkpoint: tuple[Path, int, dict] | None = None
         self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer_path)
-        searching = any(stage.retrieval and stage.steps for _, stage in config.stages.ordered())
-        self.search = SearchPool(config.retriever) if searching else None
+        self.search = SearchPool(config.retriever) if needs_search(config) else None
         self.generators = GeneratorPool(config)
         self.rewards = create_reward_actors(config.reward, config.data.corpus)
         self.learner = LearnerGroup(config)
         self.generators.wait_ready()
         self.push_weights = make_weight_sync(config, self.learner, self.generators)
+        self.log = MetricsLog(self.out, resume_after=resume[1]["global_step"] if resume else 0)
+        self.timer = Timer()
+        if config.run.final_eval and not self.evaluated("base"):
+            self.final_eval("base")  # the generators still hold the base model
         if resume:
             path, meta = resume
             self.learner.load(str(path / "ds"))
             self.pos = {k: meta[k] for k in self.pos}
             self.sync()  # the generators restarted from the base model: bring them to the checkpoint's weights
-            print(f"[resume] {path.name}: stage {meta['stage_index']}, next step {meta['stage_step']}", flush=True)
-        self.log = MetricsLog(self.out, resume_after=self.pos["global_step"])
+            print(f"[resume] {path.name}: stage {ALL_STAGES[meta['stage_index']]}, next step {meta['stage_step']}",
+                  flush=True)  # fmt: skip
         self.ray_metrics = RayMetrics()
         self.pool = ThreadPoolExecutor(max_workers=1)  # pipelined mode: the next step's rollout
         self.prefetch: tuple[tuple, Future] | None = None
-        self._ray = ray
 
     # -- the job ---------------------------------------------------------------------------------------------------
 
@@ -93,7 +111,11 @@ class ProgressiveTrainer:
         from medr3.report import write_report
         from medr3.stages import Gate
 
-        for index, (name, stage) in enumerate(self.config.stages.ordered()):
+        warmup = self.config.stages.warmup
+        if self.pos["stage_index"] == 0 and warmup.steps:
+            self.warmup()
+        self.pos["stage_index"] = max(self.pos["stage_index"], 1)
+        for index, (name, stage) in enumerate(self.config.stages.ordered(), start=1):
             if index < self.pos["stage_index"] or stage.steps == 0:
                 continue
             if self.pos["stage_step"] >= stage.steps:  # resumed with a config whose stage is now shorter
@@ -102,16 +124,12 @@ class ProgressiveTrainer:
             questions = self.stage_questions(name, stage)
             gate = Gate(stage.gate, self.pos["gate_streak"])
             while True:
+                self.commit_checkpoint(wait=False)
                 record = self.step(name, stage, questions)
                 advance = gate.update(record)
                 done = advance or self.pos["stage_step"] + 1 >= stage.steps
-                # The position saved is the next step to run: the next stage's first once this one is done.
-                self.pos.update(stage_step=self.pos["stage_step"] + 1, gate_streak=gate.streak)
-                if done:
-                    self.pos.update(stage_index=index + 1, stage_step=0, gate_streak=0)
-                if done or self.pos["global_step"] % self.config.run.checkpoint_every == 0:
-                    with self.timer("checkpoint"):
-                        self.checkpoint(name)
+                self.advance(index, done, gate.streak)
+                self.maybe_checkpoint(name, stage_end=done)
                 self.finish_record(record)
                 if advance:
                     print(
@@ -121,14 +139,66 @@ class ProgressiveTrainer:
                     )
                 if done:
                     break
+        self.commit_checkpoint(wait=True)
+        if self.config.run.final_eval:
+            self.final_eval("final")
         png, md = write_report(self.out)
         print(f"[done] {self.pos['global_step']} steps; report {png}, summary {md}", flush=True)
+
+    def advance(self, index: int, done: bool, streak: int = 0) -> None:
+        """The position saved is the next step to run: the next stage's first once this one is done."""
+        self.pos.update(stage_step=self.pos["stage_step"] + 1, gate_streak=streak)
+        if done:
+            self.pos.update(stage_index=index + 1, stage_step=0, gate_streak=0)
+
+    def warmup(self) -> None:
+        """Supervised warm start on demonstrations of the protocol; the generators get its weights at the end."""
+        w, seed = self.config.stages.warmup, self.config.run.seed
+        self.timer = Timer()
+        with self.timer("demos"):
+            samples = [d.train_sample() for d in self.build_demos()]
+        if not samples:
+            raise RuntimeError("stages.warmup: no demonstration could be built from its training files")
+        while self.pos["stage_step"] < w.steps:
+            self.commit_checkpoint(wait=False)
+            self.step_start = time.perf_counter()
+            step = self.pos["stage_step"]
+            batch = [samples[(step * w.batch_size + i) % len(samples)] for i in range(w.batch_size)]
+            with self.timer("train"):
+                train = self.learner.train_sft(batch, w.batch_size, w.lr, seed=seed * 100_003 + step)
+            done = step + 1 >= w.steps
+            if done:
+                with self.timer("sync"):
+                    self.sync()
+            self.pos["global_step"] += 1
+            record = {"global_step": self.pos["global_step"], "stage": WARMUP, "stage_step": step + 1}
+            record |= {f"train/{k}": v for k, v in train.items()}
+            self.advance(0, done)
+            self.maybe_checkpoint(WARMUP, stage_end=done)
+            self.finish_record(record)
+            self.timer = Timer()
+
+    def build_demos(self) -> list:
+        from medr3.demos import build_demos, split_warmup
+        from medr3.rollout import RolloutSettings
+
+        w, seed = self.config.stages.warmup, self.config.run.seed
+        total = w.steps * w.batch_size
+        counts = {kind: round(total * share / sum(w.mix.values())) for kind, share in w.mix.items() if share}
+        questions = {kind: split_warmup(load_dataset(w.specs()[kind])[0], seed, w.fraction)[0] for kind in counts}
+        search = (lambda qs: self.search.batch_search(qs, k=self.config.retriever.top_k)) if self.search else None
+        demos, report = build_demos(
+            self.tokenizer, questions, counts, RolloutSettings.from_config(self.config), search
+        )
+        print(f"[warmup] {report.summary()}", flush=True)
+        return demos
 
     def step(self, name: str, stage: StageConfig, questions: list) -> dict:
         from actors.reward import score_batch
         from medr3.experience import advantages, reward_inputs, rollout_metrics, train_samples
 
         self.timer, g, step = Timer(), self.config.grpo, self.pos["global_step"]
+
         self.step_start = time.perf_counter()
         with self.timer("generate"):
             trajs, retrieve_s = self.rollout_for(name, stage, questions, self.pos["stage_step"])
@@ -147,7 +217,6 @@ class ProgressiveTrainer:
         self.pos["global_step"] += 1
         record = {"global_step": self.pos["global_step"], "stage": name, "stage_step": self.pos["stage_step"] + 1}
         record |= scores.metrics() | rollout_metrics(trajs) | {f"train/{k}": v for k, v in train.items()}
-        record["train/kl"] = train.get("approx_kl", 0.0)
         self.log.sample(
             {
                 "global_step": record["global_step"],
@@ -173,12 +242,15 @@ class ProgressiveTrainer:
     # -- phases ----------------------------------------------------------------------------------------------------
 
     def stage_questions(self, name: str, stage: StageConfig) -> list:
-        questions = []
+        """The stage's training questions, less those kept for the warm start's demonstrations (disjoint sets)."""
+        from medr3.demos import split_warmup
+
+        w, questions = self.config.stages.warmup, []
         for spec in stage.train:
             items, report = load_dataset(spec)
             if report.skipped:
                 print(f"[data] {report.summary()} (first: {report.skipped[0]})", flush=True)
-            questions += items
+            questions += split_warmup(items, self.config.run.seed, w.fraction)[1] if w.steps else items
         return questions
 
     def rollout_for(self, name: str, stage: StageConfig, questions: list, stage_step: int):
@@ -201,7 +273,7 @@ class ProgressiveTrainer:
         from medr3.rollout import Rollout, RolloutSettings
         from medr3.stages import batch_for_step
 
-        g, r = self.config.grpo, self.config.rollout
+        g = self.config.grpo
         batch = batch_for_step(questions, name, stage_step, g.prompts_per_step, self.config.run.seed)
         spent = [0.0]
 
@@ -212,18 +284,11 @@ class ProgressiveTrainer:
             finally:
                 spent[0] += time.perf_counter() - start
 
-        settings = RolloutSettings(
-            g.max_response_tokens,
-            self.config.generator.max_model_len,
-            r.max_searches,
-            r.max_document_tokens,
-            self.config.run.seed,
-        )
         rollout = Rollout(
             self.tokenizer,
             lambda reqs: self.generators.generate(reqs, g.temperature, g.top_p),
             search if self.search else None,
-            settings,
+            RolloutSettings.from_config(self.config),
         )
         step_index = STAGE_NAMES.index(name) * 1_000_000 + stage_step  # distinct, reproducible sampling seeds
         trajs = rollout.run(batch, g.samples_per_prompt, search=stage.retrieval, step=step_index)
@@ -234,13 +299,64 @@ class ProgressiveTrainer:
         self.pos["version"] += 1
         self.push_weights(self.pos["version"])
 
-    def checkpoint(self, stage_name: str) -> None:
+    def maybe_checkpoint(self, stage_name: str, stage_end: bool) -> None:
+        """Every `run.checkpoint_every` steps, and always at a stage's end (then waited for)."""
+        if stage_end or self.pos["global_step"] % self.config.run.checkpoint_every == 0:
+            with self.timer("checkpoint"):
+                self.checkpoint(stage_name, wait=stage_end)
+
+    def checkpoint(self, stage_name: str, wait: bool) -> None:
+        """The learner snapshots its state and writes it in the background; the folder is committed (renamed into
+        place) only once every rank has written its part, so a kill meanwhile leaves the last one valid."""
+        self.commit_checkpoint(wait=True)
         tmp = self.ckpts.begin()
         self.learner.save(str(tmp / "ds"), export_hf=str(tmp / "hf"))
-        self.ckpts.commit(tmp, self.pos["global_step"], {**self.pos, "stage": stage_name})
+        self.pending_checkpoint = (tmp, self.pos["global_step"], {**self.pos, "stage": stage_name})
+        if wait:
+            self.commit_checkpoint(wait=True)
+
+    def commit_checkpoint(self, wait: bool) -> None:
+        if self.pending_checkpoint and self.learner.save_done(wait):
+            tmp, step, meta = self.pending_checkpoint
+            self.ckpts.commit(tmp, step, meta)
+            self.pending_checkpoint = None
+
+    def search_fn(self):
+        """Batched search over the job's SearchPool (None when the run never searches)."""
+        if self.search is None:
+            return None
+        return lambda queries: self.search.batch_search(queries, k=self.config.retriever.top_k)
+
+    def evaluated(self, key: str) -> bool:
+        path = self.out / "final_eval.json"
+        return path.exists() and key in json.loads(path.read_text(encoding="utf-8"))
+
+    def final_eval(self, key: str) -> None:
+        """`key` = base or final: the generators' current model on the fixed slice, same seeds for both."""
+        from medr3.evaluation import eval_tasks
+        from medr3.final_eval import chance_level, evaluate_slice, markdown, write_result
+        from medr3.rollout import Rollout, RolloutSettings
+
+        run = self.config.run
+        available = eval_tasks(Path(os.environ.get("MEDR3_ROOT") or Path.cwd()) / "data")
+        tasks = [available[name] for name in run.final_eval_tasks]
+        rollout = Rollout(
+            self.tokenizer,
+            lambda reqs: self.generators.generate(reqs, EVAL_TEMPERATURE, EVAL_TOP_P),
+            self.search_fn(),
+            RolloutSettings.from_config(self.config),
+        )
+        start = time.perf_counter()
+        per_question = evaluate_slice(tasks, run.final_eval_limit, lambda qs, s: rollout.run(qs, 1, search=s))
+        data = write_result(self.out / "final_eval.json", key, per_question, chance_level(tasks, run.final_eval_limit))
+        averages = ", ".join(f"{mode} {data[key][mode]['average']:.1f}%" for mode in data[key])
+        print(f"[eval] {key}: {averages} ({time.perf_counter() - start:.0f}s)", flush=True)
+        if key == "final":
+            print(markdown(data), flush=True)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.commit_checkpoint(wait=True)
         self.log.close()
 
 
@@ -249,7 +365,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML run config (see configs/).")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config key.")
     parser.add_argument("--fresh", action="store_true", help="Ignore existing checkpoints in the output directory.")
-    parser.add_argument("--resume", action="store_true", help="Resume from the last checkpoint (the default).")
     return parser.parse_args(argv)
 
 

@@ -1,0 +1,116 @@
+"""The before/after comparison that ends every run: the base model and the final checkpoint on the same fixed slice of
+held-out questions, with the same sampling seeds, in both modes (no retrieval, retrieval-augmented).
+
+Generation stays outside: `evaluate_slice` takes a `run_chunk(questions, search) -> trajectories` callable (the job's
+own generator and search pools), so this module is Ray-free and unit-testable. Accuracies are in percent, with 95 %
+bootstrap intervals over questions, and each task's chance level (the mean of 1 / options).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from medr3.data import Question
+from medr3.evaluation import EvalTask, load_task, question_accuracy, question_record
+from medr3.rollout import Trajectory
+
+RunChunk = Callable[[list[Question], bool], list[Trajectory]]
+MODES = ("cot", "rag")
+BOOTSTRAP_SAMPLES = 2000
+
+
+def evaluate_slice(tasks: Sequence[EvalTask], limit: int, run_chunk: RunChunk) -> dict[str, dict[str, list[float]]]:
+    """Per mode and task, each question's correctness (0/1) on the first `limit` questions of the task; one
+    sample per question. `run_chunk` must return one trajectory per question, in order."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for mode in MODES:
+        for task in tasks:
+            questions = load_task(task, limit)
+            trajs = run_chunk(questions, mode == "rag")
+            out.setdefault(mode, {})[task.name] = [question_accuracy(question_record([t]), "mean") for t in trajs]
+    return out
+
+
+def chance_level(tasks: Sequence[EvalTask], limit: int) -> dict[str, float]:
+    """Accuracy in % of answering uniformly at random: the mean over questions of 1 / number of options."""
+    out = {}
+    for task in tasks:
+        questions = load_task(task, limit)
+        out[task.name] = 100 * sum(1 / max(len(q.options), 1) for q in questions) / max(len(questions), 1)
+    return out
+
+
+def bootstrap_interval(tasks: Sequence[Sequence[float]], seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval (in %) of the macro mean over `tasks` of each task's mean correctness,
+    resampling every task's questions (one task: the interval of its accuracy)."""
+    tasks = [t for t in tasks if t]
+    if not tasks:
+        return 0.0, 0.0
+    rng = random.Random(seed)
+    means = sorted(
+        sum(sum(rng.choices(t, k=len(t))) / len(t) for t in tasks) / len(tasks) for _ in range(BOOTSTRAP_SAMPLES)
+    )
+    return 100 * means[int(0.025 * BOOTSTRAP_SAMPLES)], 100 * means[int(0.975 * BOOTSTRAP_SAMPLES) - 1]
+
+
+def summarize(per_question: dict[str, dict[str, list[float]]]) -> tuple[dict, dict]:
+    """(`{mode: {task: acc %, "average": acc %}}`, `{mode: {task: [low, high]}}`); the average is the macro mean
+    over tasks (each task counts once) and its interval bootstraps every task's questions jointly."""
+    accuracy, intervals = {}, {}
+    for mode, by_task in per_question.items():
+        accuracy[mode] = {t: 100 * sum(c) / max(len(c), 1) for t, c in by_task.items()}
+        accuracy[mode]["average"] = sum(accuracy[mode].values()) / max(len(by_task), 1)
+        intervals[mode] = {t: list(bootstrap_interval([c])) for t, c in by_task.items()}
+        intervals[mode]["average"] = list(bootstrap_interval(list(by_task.values())))
+    return accuracy, intervals
+
+
+def write_result(path: Path, key: str, per_question: dict[str, dict[str, list[float]]], chance: dict) -> dict:
+    """Add `key` ("base" or "final") to `final_eval.json` (kept whole: written to a temporary file and renamed):
+    `{"base": {mode: {task: acc, "average": acc}}, "final": {…}, "chance": {task: acc}, "intervals": {key: …},
+    "per_question": {key: …}}`, accuracies in percent."""
+    from medr3.evaluation import write_atomic
+
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    accuracy, intervals = summarize(per_question)
+    data[key] = accuracy
+    data["chance"] = chance
+    data.setdefault("intervals", {})[key] = intervals
+    data.setdefault("per_question", {})[key] = per_question
+    write_atomic(path, json.dumps(data, indent=1))
+    return data
+
+
+def markdown(data: dict) -> str:
+    """Base vs final per mode and task, with 95 % intervals and chance level."""
+    if "base" not in data or "final" not in data:
+        return ""
+    lines = ["## Before / after (held-out questions, same seeds)", ""]
+    for mode in MODES:
+        if mode not in data["final"]:
+            continue
+        title = "no retrieval (cot)" if mode == "cot" else "retrieval-augmented (rag)"
+        lines += [f"**{title}**", "", "| task | chance % | base % [95 % CI] | final % [95 % CI] | Δ points |"]
+        lines.append("|---|---:|---:|---:|---:|")
+        for task, final in data["final"][mode].items():
+            base = data["base"][mode].get(task, 0.0)
+            chance = data["chance"].get(task) if task != "average" else _mean(data["chance"].values())
+            lines.append(
+                f"| {task} | {chance:.1f} | {base:.1f} {_ci(data, 'base', mode, task)} | "
+                f"{final:.1f} {_ci(data, 'final', mode, task)} | {final - base:+.1f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ci(data: dict, key: str, mode: str, task: str) -> str:
+    low, high = data.get("intervals", {}).get(key, {}).get(mode, {}).get(task, (0.0, 0.0))
+    return f"[{low:.1f}, {high:.1f}]"
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / max(len(values), 1)
