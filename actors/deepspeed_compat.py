@@ -5,7 +5,6 @@ DeepSpeed is imported inside functions so that importing the project does not pa
 
 from __future__ import annotations
 
-import copy
 import os
 
 import torch
@@ -92,7 +91,7 @@ def snapshot_checkpoint(engine, folder: str, client_state: dict) -> list[tuple[s
             self.files: list[tuple[str, object]] = []
 
         def save(self, state_dict, path: str):
-            self.files.append((path, copy.deepcopy(state_dict)))
+            self.files.append((path, _clone(state_dict)))
 
     original, capture = engine.checkpoint_engine, Capture()
     engine.checkpoint_engine = capture
@@ -101,6 +100,14 @@ def snapshot_checkpoint(engine, folder: str, client_state: dict) -> list[tuple[s
     finally:
         engine.checkpoint_engine = original
     return capture.files
+
+
+def _clone(state):
+    """Tensors copied (DeepSpeed's flat partitions are views that `copy.deepcopy` refuses); the rest — sizes, names,
+    config — is immutable between a snapshot and its write and is kept by reference."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, state)
 
 
 def write_snapshot(files: list[tuple[str, object]]) -> None:
