@@ -275,6 +275,13 @@ class WarmupConfig(_Section):
         description="Share of each training file's questions (by a seeded hash of the id) kept for demonstrations; "
         "the GRPO stages never sample them.",
     )
+    reasoning_tokens: int = Field(
+        192,
+        ge=16,
+        description="Reasoning and multiple-choice demonstrations fit this many response tokens (chains of thought "
+        "are cut at a sentence end), so the warm start does not teach the model to write up to the whole budget; "
+        "search demonstrations, with their inserted documents, get grpo.max_response_tokens.",
+    )
     mix: dict[Literal["reasoning", "mcq", "search"], float] = Field(
         default_factory=lambda: {"reasoning": 0.3, "mcq": 0.35, "search": 0.35},
         description="Share of each demonstration kind: reasoning (HuatuoGPT-o1 chains of thought), mcq (HEAD-QA "

@@ -149,11 +149,8 @@ class Rollout:
         requests = []
         for s in active:
             can_search = search and len(s.traj.searches) < self.settings.max_searches
-            requests.append(
-                GenRequest(
-                    s.traj.prompt_ids + s.builder.ids, self._budget(s), turn_stops(can_search), self._seed(s, step, turn)
-                )
-            )
+            ids, seed = s.traj.prompt_ids + s.builder.ids, self._seed(s, step, turn)
+            requests.append(GenRequest(ids, self._budget(s), turn_stops(can_search), seed))
         for s, out in zip(active, self.generate_fn(requests), strict=True):
             s.builder.add_generated(out.token_ids, out.logprobs)
             s.pieces.append(self.tokenizer.decode(out.token_ids, skip_special_tokens=True))

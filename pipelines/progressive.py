@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import sys
 import time
 from collections import defaultdict
@@ -186,11 +187,14 @@ class ProgressiveTrainer:
         total = w.steps * w.batch_size
         counts = {kind: round(total * share / sum(w.mix.values())) for kind, share in w.mix.items() if share}
         questions = {kind: split_warmup(load_dataset(w.specs()[kind])[0], seed, w.fraction)[0] for kind in counts}
-        search = (lambda qs: self.search.batch_search(qs, k=self.config.retriever.top_k)) if self.search else None
-        demos, report = build_demos(
-            self.tokenizer, questions, counts, RolloutSettings.from_config(self.config), search
-        )
-        print(f"[warmup] {report.summary()}", flush=True)
+        demos = []
+        for kinds, budget in (({"reasoning", "mcq"}, w.reasoning_tokens), ({"search"}, None)):
+            settings = RolloutSettings.from_config(self.config, max_response_tokens=budget)
+            part = {k: n for k, n in counts.items() if k in kinds}
+            built, report = build_demos(self.tokenizer, questions, part, settings, self.search_fn())
+            print(f"[warmup] {report.summary()}", flush=True)
+            demos += built
+        random.Random(f"{seed}/warmup").shuffle(demos)
         return demos
 
     def step(self, name: str, stage: StageConfig, questions: list) -> dict:

@@ -70,7 +70,8 @@ class ChatTurns:
             if budget <= 0:
                 yield Piece("", 0, "length")
                 return
-            request = GenRequest(ids, budget, turn_stops(self._can_search(searches)), None if seed is None else seed + turn)
+            stops = turn_stops(self._can_search(searches))
+            request = GenRequest(ids, budget, stops, None if seed is None else seed + turn)
             turn_text, carry, last = carry, "", None
             async for delta in stream_fn(request):
                 ids += delta.token_ids
