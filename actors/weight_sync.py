@@ -1,4 +1,4 @@
-"""Weights flow learner rank 0 → every GeneratorWorker after each update, version-stamped (DESIGN §3).
+"""Weights flow learner rank 0 → every GeneratorWorker after each update, version-stamped (docs/architecture.md).
 
 - `object_store` (default; CPU and GPU): rank 0 gathers the full state dict and puts it in Ray's object store once;
   each generator reads it (one put, N reads) and reloads it in place.

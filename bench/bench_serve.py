@@ -24,7 +24,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster on loopback (DESIGN §5)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback cluster (docs/architecture.md)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MESSAGES = [{"role": "user", "content": "A patient has bleeding gums and bruises easily. What deficiency is likely?"}]

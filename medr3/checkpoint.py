@@ -60,7 +60,9 @@ class CheckpointDir:
         resumes from them nor prunes them; returns where they went (None when there was nothing)."""
         if not self.root.is_dir() or not any(self.root.iterdir()):
             return None
-        dest = self.root.with_name(f"{self.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        names = (self.root.with_name(f"{self.root.name}.old-{stamp}-{i}") for i in range(1000))
+        dest = next(d for d in names if not d.exists())
         os.replace(self.root, dest)
         return dest
 

@@ -2,7 +2,7 @@
 
 Every section is a pydantic model that forbids unknown keys, so a typo in a YAML file fails at load time with the
 key's dotted path and the file's name, before any actor starts. Defaults are the paper's (arXiv 2507.23541) and its
-code release's where one exists (DESIGN §2); ``configs/default.yaml`` overrides them to fit a 2-core CPU.
+code release's where one exists (docs/method.md); ``configs/default.yaml`` overrides them to fit a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STAGE_NAMES = ("reasoning", "retrieval", "joint")
+# The bundled evaluation tasks (`medr3.evaluation.eval_tasks`).
+EvalTaskName = Literal["medqa", "medmcqa", "pubmedqa", "bioasq", "mmlu", "headqa_dev", "pubmedqa_nontest"]
 
 
 class ConfigError(ValueError):
@@ -44,7 +46,7 @@ class RunConfig(_Section):
         description="Evaluate the base model (at the start) and the final checkpoint (at the end) on the same fixed "
         "slice with the same seeds; written to final_eval.json, summary.md and report.png.",
     )
-    final_eval_tasks: list[str] = Field(
+    final_eval_tasks: list[EvalTaskName] = Field(
         default_factory=lambda: ["mmlu", "pubmedqa"],
         description="Evaluation tasks of the before/after comparison (names from `pipelines/evaluate.py --tasks`).",
     )
@@ -224,7 +226,7 @@ class LearnerConfig(Resources):
 
 
 class GRPOConfig(_Section):
-    """Policy optimisation; defaults are the release's (DESIGN §2)."""
+    """Policy optimisation; defaults are the release's (docs/method.md)."""
 
     estimator: str = Field(
         "grpo", description="Advantage estimator from the registry: grpo, drgrpo, rloo, reinforce_pp."

@@ -1,6 +1,6 @@
 """From trajectories to what the learner trains on: reward inputs, group advantages, train samples, rollout metrics.
 
-Rewards and advantages are computed once, on the driver's data (DESIGN §3).
+Rewards and advantages are computed once, on the driver's data (docs/architecture.md).
 """
 
 from __future__ import annotations

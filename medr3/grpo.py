@@ -1,4 +1,4 @@
-"""GRPO math: group advantages (a registry of estimators) and the clipped policy loss (DESIGN §2).
+"""GRPO math: group advantages (a registry of estimators) and the clipped policy loss (docs/method.md).
 
 Shapes: G groups (prompts) × n samples; B sequences × T response tokens. `mask: (B, T)` is 1 on generated tokens and 0
 on inserted documents and padding: masked tokens enter no term of the loss.

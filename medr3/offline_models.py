@@ -1,4 +1,4 @@
-"""The two policy models the project can build with no model hub (DESIGN §4–§5).
+"""The two policy models the project can build with no model hub (docs/architecture.md, "CPU numerics").
 
 - `build_tiny_model`: a deterministic ~2 M-parameter Qwen2-style causal LM with a byte-level BPE tokenizer trained on
   the bundled corpus, for fast tests. Same seed and corpus → byte-identical files.
@@ -129,7 +129,7 @@ def convert_smollm2(out_dir: str | Path, dtype: str = "float32") -> Path:
     """Dequantise SmolLM2-135M-Instruct's GGUF into an HF folder (atomically).
 
     transformers refuses `save_pretrained` on a GGUF-loaded model, so the weights move into a fresh model built from
-    the same config without its quantization_config (DESIGN §5).
+    the same config without its quantization_config (docs/architecture.md, "CPU numerics").
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

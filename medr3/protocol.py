@@ -2,7 +2,7 @@
 
 The model reasons in ``<think>…</think>`` and answers in ``<answer>…</answer>``; inside ``<think>`` it may write
 ``<search>query</search>``, after which the system inserts the top documents as ``<document>…</document>`` spans and
-generation continues (DESIGN §2). Tags are plain text, so any tokenizer works (real models split them into several
+generation continues (docs/method.md). Tags are plain text, so any tokenizer works (real models split them into several
 tokens): stops are strings, never token ids. Inserted documents are masked out of the loss.
 """
 

@@ -1,11 +1,17 @@
-"""End-of-run report: curves per stage (PNG) and a short Markdown summary, from `metrics.jsonl`."""
+"""End-of-run report: curves per stage (PNG) and a short Markdown summary, from `metrics.jsonl` and, when the run
+evaluated before and after, `final_eval.json`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from medr3.config import STAGE_NAMES
+from medr3.final_eval import MODES
+from medr3.final_eval import markdown as final_eval_markdown
 from medr3.metrics import read_metrics
+
+STAGES = ("warmup", *STAGE_NAMES)
 
 CURVES = (
     "reward/total",
@@ -20,22 +26,26 @@ CURVES = (
 def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     records = read_metrics(out_dir / "metrics.jsonl")
+    evaluation = out_dir / "final_eval.json"
+    final = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.exists() else {}
     png = out_dir / "report.png"
-    _plot(records, png)
+    _plot(records, final, png)
     md = out_dir / "summary.md"
-    md.write_text(_summary(records), encoding="utf-8")
+    md.write_text(_summary(records) + final_eval_markdown(final), encoding="utf-8")
     return png, md
 
 
-def _plot(records: list[dict], path: Path) -> None:
+def _plot(records: list[dict], final: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7), constrained_layout=True)
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7), constrained_layout=True)
+    _plot_before_after(axes.flat[6], final)
+    axes.flat[7].axis("off")
     for ax, key in zip(axes.flat, CURVES):
-        for stage in STAGE_NAMES:
+        for stage in STAGES:
             points = [(r["global_step"], r[key]) for r in records if r["stage"] == stage and key in r]
             if points:
                 xs, ys = zip(*points)
@@ -48,26 +58,57 @@ def _plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_before_after(ax, final: dict) -> None:
+    """Bars: base and final accuracy per mode (macro average over tasks) with 95 % intervals; chance as a line."""
+    ax.set_title("before / after: accuracy % (95 % CI)")
+    if "base" not in final or "final" not in final:
+        ax.text(0.5, 0.5, "no before/after evaluation", ha="center", va="center", transform=ax.transAxes)
+        return
+    modes = [m for m in MODES if m in final["final"]]
+    for offset, key in ((-0.2, "base"), (0.2, "final")):
+        values = [final[key][m]["average"] for m in modes]
+        bounds = [final["intervals"][key][m]["average"] for m in modes]
+        errors = [[v - lo for v, (lo, _) in zip(values, bounds)], [hi - v for v, (_, hi) in zip(values, bounds)]]
+        ax.bar([i + offset for i in range(len(modes))], values, 0.4, yerr=errors, capsize=4, label=key)
+    chance = sum(final["chance"].values()) / max(len(final["chance"]), 1)
+    ax.axhline(chance, color="grey", linestyle="--", label="chance")
+    ax.set_xticks(range(len(modes)), modes)
+    ax.legend()
+
+
 def _summary(records: list[dict]) -> str:
     lines = [
         "# Med-R³ run summary",
         "",
-        "| stage | steps | reward first → last | accuracy first → last | format first → last | searches/traj |",
-        "|---|---|---|---|---|---|",
+        "| stage | steps | reward: first → last third | accuracy first → last | format first → last "
+        "| searches/traj | train loss first → last |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for stage in STAGE_NAMES:
+    for stage in STAGES:
         rows = [r for r in records if r["stage"] == stage]
         if not rows:
             continue
 
         def span(key: str, rows=rows) -> str:
-            return f"{rows[0].get(key, 0):.3f} → {rows[-1].get(key, 0):.3f}"
+            if key not in rows[0]:
+                return "–"
+            return f"{rows[0][key]:.3f} → {rows[-1].get(key, 0):.3f}"
 
         searches = sum(r.get("rollout/searches_per_traj", 0) for r in rows) / len(rows)
         lines.append(
-            f"| {stage} | {len(rows)} | {span('reward/total')} | {span('rollout/accuracy')} | "
-            f"{span('rollout/format_rate')} | {searches:.2f} |"
+            f"| {stage} | {len(rows)} | {_thirds(rows, 'reward/total')} | {span('rollout/accuracy')} | "
+            f"{span('rollout/format_rate')} | {searches:.2f} | {span('train/loss')} |"
         )
     total_time = sum(r.get("timing/step", 0) for r in records)
     lines += ["", f"{len(records)} steps, {total_time / 60:.1f} min of step time.", ""]
     return "\n".join(lines)
+
+
+def _thirds(rows: list[dict], key: str) -> str:
+    """Mean of `key` over the first and the last third of a stage's steps (a single step is noisy)."""
+    values = [r[key] for r in rows if key in r]
+    if not values:
+        return "–"
+    third = max(1, len(values) // 3)
+    first, last = values[:third], values[-third:]
+    return f"{sum(first) / len(first):+.3f} → {sum(last) / len(last):+.3f}"

@@ -1,4 +1,4 @@
-"""The multi-turn, retrieval-interleaved rollout (DESIGN §2–§3), with Ray kept at the edge.
+"""The multi-turn, retrieval-interleaved rollout (docs/method.md §2, docs/architecture.md), with Ray kept at the edge.
 
 For every question × sample: generate until ``</search>``, ``</answer>`` or EOS; make one batched search call per turn
 for all samples that stopped at ``</search>``; append the documents as tokens (loss mask 0); continue with each

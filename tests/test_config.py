@@ -95,3 +95,31 @@ def test_invalid_yaml_names_the_file(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_pipelined_mode_refuses_recomputed_old_logprobs():
+    with pytest.raises(ConfigError, match="one-step lag"):
+        load_config(ROOT / "configs/tiny.yaml", ["grpo.pipelined=true", "learner.old_logprobs=recompute"])
+    assert not load_config(ROOT / "configs/tiny.yaml", ["grpo.pipelined=true"]).recompute_old_logprobs()
+
+
+def test_old_logprobs_are_recomputed_unless_both_sides_run_exact_fp32():
+    bf16 = load_config(ROOT / "configs/tiny.yaml", ["learner.precision=bf16"])
+    exact = load_config(ROOT / "configs/tiny.yaml", ["learner.precision=fp32", "model.dtype=float32"])
+    assert bf16.recompute_old_logprobs() and not exact.recompute_old_logprobs()
+
+
+def test_warm_start_is_on_in_the_cpu_configs_and_off_in_the_paper_config():
+    assert load_config(ROOT / "configs/default.yaml").stages.warmup.steps > 0
+    assert load_config(ROOT / "configs/tiny.yaml").stages.warmup.steps > 0
+    assert load_config(ROOT / "configs/llama3_8b_8gpu.yaml").stages.warmup.steps == 0
+
+
+def test_warm_start_refuses_an_evaluation_benchmark():
+    with pytest.raises(ConfigError, match="never train on it"):
+        load_config(ROOT / "configs/tiny.yaml", ["stages.warmup.mcq={kind: mirage, path: x.json}"])
+
+
+def test_unknown_final_eval_task_is_rejected_at_load():
+    with pytest.raises(ConfigError, match="final_eval_tasks"):
+        load_config(ROOT / "configs/tiny.yaml", ["run.final_eval_tasks=[mmlu, nejm]"])

@@ -116,8 +116,37 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path):
     crashed = ckpt.begin()
     (crashed / "weights").write_text("half")  # the process dies here: no commit
     path, meta = ckpt.latest()
-    assert meta == {"step": 1, "stage": "reasoning"} and (path / "weights").read_text() == "v1"
+    assert meta["step"] == 1 and meta["stage"] == "reasoning" and (path / "weights").read_text() == "v1"
     for step in (2, 3, 4):
         ckpt.commit(ckpt.begin(), step=step, meta={})
     assert [p.name for p in ckpt.all()] == ["step-000003", "step-000004"]
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_restarted_run_is_newer_than_old_higher_steps_and_prunes_them_first(tmp_path):
+    ckpt = CheckpointDir(tmp_path, keep=2)
+    for step in (8, 9):
+        ckpt.commit(ckpt.begin(), step=step, meta={})
+    newest = ckpt.commit(ckpt.begin(), step=1, meta={})  # e.g. a run that restarted without --fresh's set-aside
+    assert ckpt.latest()[0] == newest
+    assert [p.name for p in ckpt.all()] == ["step-000009", "step-000001"]
+
+
+def test_fresh_sets_old_checkpoints_aside_so_the_new_run_keeps_its_own(tmp_path):
+    old = CheckpointDir(tmp_path / "checkpoints", keep=2)
+    old.commit(old.begin(), step=9, meta={})
+    moved = old.set_aside()
+    assert moved is not None and (moved / "step-000009").is_dir()
+    fresh = CheckpointDir(tmp_path / "checkpoints", keep=2)
+    assert fresh.latest() is None
+    first = fresh.commit(fresh.begin(), step=1, meta={})
+    assert first.is_dir() and fresh.latest()[0] == first
+    assert fresh.set_aside() != moved and CheckpointDir(tmp_path / "checkpoints").set_aside() is None
+
+
+def test_a_huge_log_ratio_is_clamped_instead_of_overflowing():
+    logprobs = torch.tensor([[0.0, -1.0]], requires_grad=True)
+    old = torch.tensor([[-500.0, -1.0]])  # a stale or garbage old logprob: exp(500) is inf in float32
+    loss, stats = policy_loss_terms(logprobs, old, torch.tensor([-1.0]), torch.ones(1, 2), LossSettings())
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(stats["approx_kl"]) and torch.isfinite(logprobs.grad).all()

@@ -26,7 +26,7 @@ def test_tiny_model_fits_vllm_cpu_and_the_protocol(tiny_model_dir, tiny_tokenize
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
-    assert config.head_dim >= 32  # vLLM's CPU attention rejects smaller heads (DESIGN §5)
+    assert config.head_dim >= 32  # vLLM's CPU attention rejects smaller heads (docs/architecture.md, "CPU numerics")
     assert tiny_tokenizer.chat_template and tiny_tokenizer.eos_token == "<|im_end|>"
     for tag in ("<think>", "</search>", "<document>", "</answer>"):
         assert len(tiny_tokenizer(tag, add_special_tokens=False).input_ids) == 1

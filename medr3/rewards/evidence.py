@@ -1,6 +1,6 @@
 """Evidence support: did the search find the gold evidence, and is the reasoning grounded in what it found?
 
-The release defines this term but never wires it in (DESIGN §2); here it scores the retrieved documents.
+The release defines this term but never wires it in (docs/method.md); here it scores the retrieved documents.
 """
 
 from __future__ import annotations

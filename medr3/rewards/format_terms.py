@@ -18,7 +18,7 @@ _SCRIPT_ALIASES = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "HANGUL": "CJK"}
 @register_reward("format")
 def format_term(item: RewardInput, ctx: RewardContext) -> float:
     """1.0 for a well-formed response (`protocol.check_format`), else 0.0. A self-written ``<document>`` is a
-    format error, so the release composition (penalty 0.1) takes 0.1 off the total for it (DESIGN §2)."""
+    format error, so the release composition (penalty 0.1) takes 0.1 off the total for it (docs/method.md)."""
     return 1.0 if check_format(item.response, item.search_allowed, item.self_document).ok else 0.0
 
 
