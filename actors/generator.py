@@ -8,13 +8,13 @@ call once on the restarted worker after re-syncing it to the current weights.
 from __future__ import annotations
 
 import logging
-import time
 
 import ray
 import torch
 
 from actors import vllm_compat
 from medr3.config import Config
+from medr3.retry import retry
 from medr3.rollout import Completion, GenRequest
 
 log = logging.getLogger(__name__)
@@ -139,15 +139,15 @@ class GeneratorPool:
                 self.recover(i)
 
     def recover(self, i: int) -> None:
-        deadline = time.monotonic() + self.recover_timeout_s
-        while True:
-            try:
-                health = ray.get(self.actors[i].health.remote(), timeout=30)
-                break
-            except (*WORKER_GONE, ray.exceptions.GetTimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
+        """Wait (polling each second, up to `recover_timeout_s`) until Ray has restarted worker `i`, then bring it to
+        the current weights."""
+        health = retry(
+            lambda: ray.get(self.actors[i].health.remote(), timeout=30),
+            deadline_s=self.recover_timeout_s,
+            retry_on=(*WORKER_GONE, ray.exceptions.GetTimeoutError),
+            backoff_s=1.0,
+            max_backoff_s=1.0,
+        )
         self.restarts += 1
         if self.weights_ref is not None and health["version"] < self.version:
             ray.get(self.actors[i].update_weights.remote(self.weights_ref, self.version))

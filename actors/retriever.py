@@ -16,6 +16,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from medr3.config import RetrieverConfig
+from medr3.retry import retry
 
 
 class RetrievalError(RuntimeError):
@@ -79,16 +80,21 @@ class SearchPool:
         mode: str | None = None,
     ) -> list[list[dict]]:
         """One batched search on the next replica; on a timeout or dead replica, retry on the following ones."""
-        errors = []
-        for _ in range(self.config.retries + 1):
-            i = next(self._next)
-            start = time.perf_counter()
+        errors: list[str] = []
+
+        def on_next_replica() -> list[list[dict]]:
+            i, start = next(self._next), time.perf_counter()
             try:
                 ref = self._replicas[i].batch_search.remote(list(queries), k, sources, mode)
                 return ray.get(ref, timeout=self.config.timeout_s)
             except (RayActorError, GetTimeoutError) as err:
                 errors.append(f"replica {i} after {time.perf_counter() - start:.1f}s: {_cause(err)}")
-        raise RetrievalError(f"search failed on {len(errors)} attempt(s): " + "; ".join(errors))
+                raise
+
+        try:
+            return retry(on_next_replica, self.config.retries + 1, retry_on=(RayActorError, GetTimeoutError))
+        except (RayActorError, GetTimeoutError):
+            raise RetrievalError(f"search failed on {len(errors)} attempt(s): " + "; ".join(errors)) from None
 
     def shutdown(self) -> None:
         for replica in self._replicas:

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from medr3.atomic import write_text_atomic
+
 META = "meta.json"
 
 
@@ -32,10 +34,7 @@ class CheckpointDir:
         """Write `meta.json` into `tmp`, rename it to `step-<step>`, prune to the last `keep` (in commit order)."""
         done = self._metas()
         order = 1 + max((m.get("commit", 0) for _, m in done), default=0)
-        with open(tmp / META, "w", encoding="utf-8") as f:
-            json.dump({"step": step, **meta, "commit": order}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
+        write_text_atomic(tmp / META, json.dumps({"step": step, **meta, "commit": order}, indent=2))
         final = self.root / f"step-{step:06d}"
         if final.exists():  # a rerun of the same step replaces it; the old one goes only after the new one is whole
             old = final.with_name(f".old-{final.name}")

@@ -9,13 +9,12 @@ every sample's answer, so the aggregate (majority or mean) is chosen when the re
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medr3.atomic import write_text_atomic
 from medr3.config import DatasetSpec
 from medr3.data import Question, load_dataset
 from medr3.protocol import check_format, extract_answer, is_correct, parse
@@ -189,22 +188,6 @@ def _row(label: str, row: dict) -> str:
 # --- resumable results ---------------------------------------------------------------------------------------------
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write a file whole or not at all: a temporary file in the same folder, fsynced, renamed over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class PartialResults:
     """`<out>/partial.json`: the generation settings and every finished question's record, by mode and task.
 
@@ -235,7 +218,7 @@ class PartialResults:
     def add(self, mode: str, task: str, records: Sequence[dict]) -> None:
         by_id = self.results.setdefault(mode, {}).setdefault(task, {})
         by_id.update({r["id"]: r for r in records})
-        write_atomic(self.path, json.dumps({"settings": self.settings, "results": self.results}))
+        write_text_atomic(self.path, json.dumps({"settings": self.settings, "results": self.results}))
 
     def records(self, mode: str, task: str, questions: Sequence[Question]) -> list[dict]:
         """The records of exactly these questions, in their order (a smaller --limit reports a prefix)."""

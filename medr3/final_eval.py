@@ -72,7 +72,7 @@ def write_result(path: Path, key: str, per_question: dict[str, dict[str, list[fl
     """Add `key` ("base" or "final") to `final_eval.json` (kept whole: written to a temporary file and renamed):
     `{"base": {mode: {task: acc, "average": acc}}, "final": {…}, "chance": {task: acc}, "intervals": {key: …},
     "per_question": {key: …}}`, accuracies in percent."""
-    from medr3.evaluation import write_atomic
+    from medr3.atomic import write_text_atomic
 
     data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     accuracy, intervals = summarize(per_question)
@@ -80,7 +80,7 @@ def write_result(path: Path, key: str, per_question: dict[str, dict[str, list[fl
     data["chance"] = chance
     data.setdefault("intervals", {})[key] = intervals
     data.setdefault("per_question", {})[key] = per_question
-    write_atomic(path, json.dumps(data, indent=1))
+    write_text_atomic(path, json.dumps(data, indent=1))
     return data
 
 

@@ -6,8 +6,9 @@ On resume, lines and events past the last checkpoint are dropped, so a redone st
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from medr3.atomic import write_text_atomic
 
 
 class MetricsLog:
@@ -48,9 +49,7 @@ def _truncate(path: Path, keep_through: int) -> None:
         return
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line)["global_step"] <= keep_through]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from medr3.atomic import atomic_dir
 from medr3.data import iter_corpus
 from medr3.protocol import PROTOCOL_TAGS, instruction
 
@@ -25,19 +24,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _atomic_dir(out_dir: Path):
-    """A temporary sibling folder that `_publish` renames to `out_dir`, so a crash never leaves half a model."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-
-
-def _publish(tmp: Path, out_dir: Path) -> Path:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
 
 
 def train_tiny_tokenizer(corpus: str | Path, vocab_size: int = 4096, passages: int = 3000):
@@ -108,10 +94,10 @@ def build_tiny_model(
     model = Qwen2ForCausalLM(config).to(torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    tmp = _atomic_dir(out_dir)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    return _publish(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:  # a crash never leaves half a model
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out_dir
 
 
 def smollm2_package_dir() -> Path:
@@ -143,7 +129,7 @@ def convert_smollm2(out_dir: str | Path, dtype: str = "float32") -> Path:
     model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict())
     model = model.to(getattr(torch, dtype))
-    tmp = _atomic_dir(out_dir)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    return _publish(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:  # a crash never leaves half a model
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out_dir

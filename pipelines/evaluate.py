@@ -21,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from medr3.atomic import write_text_atomic  # noqa: E402
 from medr3.config import Config, ConfigError, load_config  # noqa: E402
 from medr3.evaluation import (  # noqa: E402
     AGGREGATES,
@@ -34,7 +35,6 @@ from medr3.evaluation import (  # noqa: E402
     load_task,
     markdown,
     pending_chunks,
-    write_atomic,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = build_report(records, {t.name: t for t in tasks}, {**settings, "aggregate": args.aggregate})
     table = markdown(report)
-    write_atomic(out / "report.json", json.dumps(report, indent=1))
-    write_atomic(out / "report.md", table)
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_text_atomic(out / "report.md", table)
     print(table, flush=True)
     if report["oracle_caveat"]:
         print(f"[caveat] {report['oracle_caveat']}", flush=True)

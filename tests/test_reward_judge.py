@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -32,14 +33,14 @@ class FakeJudge:
     def __init__(self):
         self.replies: list = ["2"]
         self.requests: list[dict] = []
-        self.headers: list[dict] = []
+        self.headers: list[Message] = []  # header names are case-insensitive (the SDK sends them lower-case)
         judge = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802  (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 judge.requests.append(body)
-                judge.headers.append(dict(self.headers))
+                judge.headers.append(self.headers)
                 reply = judge.replies.pop(0) if len(judge.replies) > 1 else judge.replies[0]
                 if isinstance(reply, float):  # a delay longer than the client's timeout
                     time.sleep(reply)
@@ -123,6 +124,7 @@ def test_broken_responses_are_counted_failures(fake_judge, bad):
     client = JudgeClient(config(fake_judge.url, retries=0, failure_score=-0.5))
     assert client.grade(QUESTION, "A") == -0.5
     assert client.counters["judge/failures"] == 1
+    assert len(fake_judge.requests) == 1  # the SDK's own retries are off: `retries` counts every attempt
 
 
 def test_judge_retries_after_a_server_error(fake_judge):

@@ -28,6 +28,7 @@ from medr3.retrieval.store import (
     StoreUnavailableError,
     hit,
 )
+from medr3.retry import retry
 
 T = TypeVar("T")
 
@@ -78,19 +79,19 @@ class ClientStore(Store):
         """Run one client call; retry transport failures, then fail naming the URL (server) or path (local)."""
         from qdrant_client.http.exceptions import ResponseHandlingException
 
+        transport = (ResponseHandlingException, ConnectionError, TimeoutError)
         attempts = self._config.retries + 1 if self._config.backend == "server" else 1
         start = time.perf_counter()
-        for attempt in range(1, attempts + 1):
-            try:
-                return fn()
-            except (ResponseHandlingException, ConnectionError, TimeoutError) as err:
-                if attempt == attempts:
-                    raise StoreUnavailableError(
-                        f"Qdrant at {self._where} unreachable ({attempts} attempt(s) in "
-                        f"{time.perf_counter() - start:.1f}s): {err}"
-                    ) from err
-                time.sleep(min(0.1 * 2**attempt, self._config.timeout_s / (4 * attempts)))
-        raise AssertionError("unreachable")
+        try:
+            # Waits of 0.2 s, 0.4 s, … capped so that all of them together stay under a quarter of timeout_s.
+            return retry(
+                fn, attempts, retry_on=transport, backoff_s=0.2, max_backoff_s=self._config.timeout_s / (4 * attempts)
+            )
+        except transport as err:
+            raise StoreUnavailableError(
+                f"Qdrant at {self._where} unreachable ({attempts} attempt(s) in "
+                f"{time.perf_counter() - start:.1f}s): {err}"
+            ) from err
 
     def upsert(self, ids: Sequence[int], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
         m = self._m

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from medr3.atomic import write_text_atomic
 
 MANIFEST_NAME = "manifest.json"
 
@@ -43,14 +43,7 @@ class Manifest:
 
     def save(self, index_path: str | Path) -> None:
         """Write atomically: a reader sees the old manifest or the new one, never half of one."""
-        index_path = Path(index_path)
-        index_path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=index_path)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(asdict(self), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, index_path / MANIFEST_NAME)
+        write_text_atomic(Path(index_path) / MANIFEST_NAME, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, index_path: str | Path) -> Manifest | None:

@@ -11,13 +11,13 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from medr3.config import JudgeConfig
 from medr3.data import Question
 from medr3.protocol import question_text
+from medr3.retry import retry
 from medr3.rewards.answer import FULL, MISSING, PARTIAL, WRONG
 from medr3.rewards.inputs import RewardContext, RewardInput
 from medr3.rewards.registry import register_reward
@@ -62,29 +62,30 @@ def parse_grade(reply: str) -> int:
 
 
 def http_completion(config: JudgeConfig) -> Callable[[str], str]:
-    """A prompt -> reply function over an OpenAI-compatible ``/chat/completions`` endpoint at `config.url`."""
-    import requests
+    """A prompt -> reply function over the OpenAI-compatible chat-completions API at `config.url` (…/v1)."""
+    import openai
 
-    url = config.url.rstrip("/")
-    if not url.endswith("/chat/completions"):
-        url += "/chat/completions"
-    headers = {}
-    if config.api_key_env and os.environ.get(config.api_key_env):
-        headers["Authorization"] = f"Bearer {os.environ[config.api_key_env]}"
+    api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
+    # The SDK's own retries stay off: `JudgeClient` retries every failure (unparsable replies and local judges
+    # too) with the config's backoff, so `retries` means one thing and a request is never retried twice over.
+    client = openai.OpenAI(
+        base_url=config.url.rstrip("/").removesuffix("/chat/completions"),
+        api_key=api_key or "none",  # servers without auth (vLLM, llama.cpp) ignore it; the SDK insists on one
+        timeout=config.timeout_s,
+        max_retries=0,
+    )
 
     def complete(prompt: str) -> str:
-        body = {
-            "model": config.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": 0.0,
-            "max_tokens": config.max_tokens,
-        }
         try:
-            resp = requests.post(url, json=body, headers=headers, timeout=config.timeout_s)
-            resp.raise_for_status()
-            return resp.json()["choices"][0]["message"]["content"]
-        except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as err:
-            raise JudgeError(f"judge request to {url} failed: {err}") from err
+            reply = client.chat.completions.create(
+                model=config.model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=0.0,
+                max_tokens=config.max_tokens,
+            )
+            return reply.choices[0].message.content or ""
+        except (openai.OpenAIError, ValueError, IndexError, TypeError, AttributeError) as err:
+            raise JudgeError(f"judge request to {client.base_url} failed: {err}") from err
 
     return complete
 
@@ -127,16 +128,23 @@ class JudgeClient:
         prompt = judge_prompt(question, answer)
         with self._lock:
             self.counters["judge/requests"] += 1
-        for attempt in range(self.config.retries + 1):
-            try:
-                return GRADE_SCORES[parse_grade(self._complete(prompt))]
-            except Exception as err:  # noqa: BLE001  a local callable may raise anything; all count as failures
-                log.warning("judge attempt %d/%d failed: %s", attempt + 1, self.config.retries + 1, err)
-                if attempt < self.config.retries:
-                    time.sleep(self.config.retry_backoff_s * 2**attempt)
-        with self._lock:
-            self.counters["judge/failures"] += 1
-        return self.config.failure_score
+        attempts = self.config.retries + 1
+
+        def warn(attempt: int, err: BaseException) -> None:
+            log.warning("judge attempt %d/%d failed: %s", attempt, attempts, err)
+
+        try:
+            grade = retry(
+                lambda: parse_grade(self._complete(prompt)),
+                attempts,
+                backoff_s=self.config.retry_backoff_s,
+                on_failure=warn,
+            )
+        except Exception:  # noqa: BLE001  a local callable may raise anything; all count as failures
+            with self._lock:
+                self.counters["judge/failures"] += 1
+            return self.config.failure_score
+        return GRADE_SCORES[grade]
 
 
 def _unique(pairs: list[tuple[Question, str | None]]) -> list[tuple[Question, str | None]]:
