@@ -45,11 +45,10 @@ class GeneratorWorker:
         self.tied_embeddings = bool(getattr(AutoConfig.from_pretrained(self.model), "tie_word_embeddings", False))
         self.version = 0
 
-    def generate(
-        self, requests: list[GenRequest], temperature: float = 1.0, top_p: float = 1.0, n: int = 1
-    ) -> list[list[Completion]]:
-        """`n` completions per request: token ids, text, per-token logprobs, finish and stop reason."""
-        return vllm_compat.generate(self.llm, requests, temperature, top_p, n)
+    def generate(self, requests: list[GenRequest], temperature: float = 1.0, top_p: float = 1.0) -> list[Completion]:
+        """One completion per request (samples of a question are separate, seeded requests): token ids, text,
+        per-token logprobs of the distribution sampled, finish and stop reason."""
+        return vllm_compat.generate(self.llm, requests, temperature, top_p)
 
     def update_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
         """Load a full state dict into the live engine; refuses a version that is not newer than the current one."""
@@ -123,7 +122,7 @@ class GeneratorPool:
                 log.warning("generator %d died during generate; retrying once after restart", i)
                 self.recover(i)
                 results = ray.get(self.actors[i].generate.remote(chunk, temperature, top_p))
-            out += [r[0] for r in results]
+            out += results
         return out
 
     def update_weights(self, state: dict[str, torch.Tensor] | ray.ObjectRef, version: int) -> None:

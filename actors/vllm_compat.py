@@ -132,13 +132,13 @@ def _to_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return save({k: v.contiguous() for k, v in state.items()})
 
 
-def generate(llm, requests: list[GenRequest], temperature: float, top_p: float, n: int = 1) -> list[list[Completion]]:
-    """Generate `n` completions for each token-id request (stop strings are kept in the output)."""
+def generate(llm, requests: list[GenRequest], temperature: float, top_p: float) -> list[Completion]:
+    """One completion for each token-id request (stop strings are kept in the output)."""
     from vllm.inputs import TokensPrompt
 
-    params = [_sampling(r, temperature, top_p, "CUMULATIVE", logprobs=True, n=n) for r in requests]
+    params = [_sampling(r, temperature, top_p, "CUMULATIVE", logprobs=True) for r in requests]
     outputs = llm.generate([TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests], params, use_tqdm=False)
-    return [[_completion(c) for c in out.outputs] for out in outputs]
+    return [_completion(out.outputs[0]) for out in outputs]
 
 
 def _completion(out) -> Completion:

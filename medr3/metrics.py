@@ -58,6 +58,12 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def progress_line(r: dict) -> str:
+    if r["stage"] == "warmup":  # supervised: no rollout, no reward
+        return (
+            f"[{r['stage']:9s} {r['stage_step']:3d} | step {r['global_step']:4d}] "
+            f"sft loss {r.get('train/loss', 0):.4f}  {r.get('train/tokens_per_s', 0):5.0f} tokens/s  "
+            f"{r.get('timing/step', 0):5.1f}s"
+        )
     return (
         f"[{r['stage']:9s} {r['stage_step']:3d} | step {r['global_step']:4d}] "
         f"reward {r.get('reward/total', 0):+.3f}  acc {r.get('rollout/accuracy', 0):.2f}  "

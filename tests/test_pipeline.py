@@ -14,9 +14,10 @@ from .conftest import ROOT
 JOB = [sys.executable, str(ROOT / "pipelines/progressive.py"), "--config", str(ROOT / "configs/tiny.yaml")]
 
 
-def job_args(out_dir, steps=(2, 2, 2), extra=()):
+def job_args(out_dir, steps=(2, 2, 2), extra=(), warmup=0, final_eval=False):
     names = ("reasoning", "retrieval", "joint")
-    sets = [f"run.output_dir={out_dir}"] + [f"stages.{n}.steps={s}" for n, s in zip(names, steps)]
+    sets = [f"run.output_dir={out_dir}", f"stages.warmup.steps={warmup}", f"run.final_eval={str(final_eval).lower()}"]
+    sets += [f"stages.{n}.steps={s}" for n, s in zip(names, steps)]
     return JOB + [a for s in [*sets, *extra] for a in ("--set", s)]
 
 
@@ -86,7 +87,7 @@ def test_three_stage_run_completes_even_when_a_generator_dies(ray_cluster, tmp_p
 @pytest.mark.slow
 @needs_index
 def test_a_killed_job_resumes_with_continuous_steps(ray_cluster, tmp_path, tiny_model_dir):
-    args = job_args(tmp_path, steps=(1, 3, 1), extra=[f"model.path={tiny_model_dir}"])
+    args = job_args(tmp_path, steps=(1, 3, 1), extra=[f"model.path={tiny_model_dir}", "run.checkpoint_every=1"])
     proc = start(args, ray_cluster)
     # Kill the driver mid-stage 2, right after its first retrieval step was checkpointed.
     wait_for(lambda: (tmp_path / "checkpoints/step-000002/meta.json").exists() or proc.poll() is not None)
@@ -189,3 +190,26 @@ def test_pipelined_mode_trains_every_step_once(ray_cluster, tmp_path, tiny_model
     rows = records(tmp_path)
     assert [(r["stage_step"], r["weights_version"]) for r in rows] == [(1, 1), (2, 2), (3, 3)]
     assert all("train/loss" in r for r in rows)
+
+
+@pytest.mark.slow
+@needs_index
+def test_warm_start_then_stages_end_with_a_before_after_evaluation(ray_cluster, tmp_path, tiny_model_dir):
+    args = job_args(tmp_path, steps=(1, 1, 0), warmup=2, final_eval=True, extra=[f"model.path={tiny_model_dir}"])
+    out = finish(start(args, ray_cluster))
+    rows = records(tmp_path)
+    assert [(r["stage"], r["stage_step"]) for r in rows] == [("warmup", 1), ("warmup", 2), ("reasoning", 1),
+                                                             ("retrieval", 1)]  # fmt: skip
+    assert all(r["train/loss"] > 0 and r["train/tokens_per_s"] > 0 for r in rows[:2])
+    assert "train/logprob_gap" in rows[2]
+    result = json.loads((tmp_path / "final_eval.json").read_text())
+    for key in ("base", "final"):
+        for mode in ("cot", "rag"):
+            assert set(result[key][mode]) == {"mmlu", "pubmedqa", "average"}
+            assert all(0 <= v <= 100 for v in result[key][mode].values())
+    assert result["chance"]["mmlu"] == pytest.approx(25.0) and result["chance"]["pubmedqa"] == pytest.approx(100 / 3)
+    assert (
+        "Before / after" in (tmp_path / "summary.md").read_text()
+        and "| warmup | 2 |" in (tmp_path / "summary.md").read_text()
+    )
+    assert "[eval] base:" in out and "[eval] final:" in out
