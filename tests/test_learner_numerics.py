@@ -112,31 +112,3 @@ def test_killed_background_checkpoint_write_leaves_the_previous_checkpoint_valid
     assert all(torch.equal(saved[k], restored[k]) for k in saved)
     fresh.shutdown()
 
-
-def format_rate(pool, tokenizer, questions) -> float:
-    from medr3.protocol import build_prompt, check_format
-
-    prompts = [tokenizer(build_prompt(q, tokenizer), add_special_tokens=False).input_ids for q in questions]
-    outs = pool.generate([GenRequest(p, 64, ("</answer>",), seed=i) for i, p in enumerate(prompts)], temperature=0.7)
-    return sum(check_format(o.text, search_allowed=False).ok for o in outs) / len(outs)
-
-
-def test_warm_start_teaches_the_tiny_model_the_protocol_format(ray_cluster, tiny_config, tiny_pool, tiny_tokenizer):
-    from medr3.data import load_headqa
-    from medr3.demos import build_demos, split_warmup
-    from medr3.rollout import RolloutSettings
-
-    questions, _ = load_headqa("data/train/headqa_en/train_HEAD_EN.json.xz", limit=400)
-    warm, held_out = split_warmup(questions, seed=0, fraction=0.5)
-    settings = RolloutSettings.from_config(tiny_config)
-    demos, _ = build_demos(tiny_tokenizer, {"mcq": warm}, {"mcq": 64}, settings)
-    learner = group(tiny_config, learner__precision="bf16")
-    tiny_pool.update_weights(learner.weights(), tiny_pool.version + 1)
-    before = format_rate(tiny_pool, tiny_tokenizer, held_out[:32])
-    samples = [d.train_sample() for d in demos]
-    losses = [learner.train_sft(samples[i % 4 * 16 : i % 4 * 16 + 16], 16, lr=2e-3)["loss"] for i in range(16)]
-    tiny_pool.update_weights(learner.weights(), tiny_pool.version + 1)
-    after = format_rate(tiny_pool, tiny_tokenizer, held_out[:32])
-    learner.shutdown()
-    assert losses[-1] < 0.5 * losses[0], losses
-    assert before == 0.0 and after >= 0.5, (before, after)
