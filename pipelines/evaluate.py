@@ -111,13 +111,7 @@ class Evaluator:
         self.search = SearchPool(config.retriever) if search else None
         self.generators = GeneratorPool(config)
         self.generators.wait_ready()
-        settings = RolloutSettings(
-            args.max_response_tokens or config.grpo.max_response_tokens,
-            config.generator.max_model_len,
-            config.rollout.max_searches,
-            config.rollout.max_document_tokens,
-            config.run.seed,
-        )
+        settings = RolloutSettings.from_config(config, args.max_response_tokens)
         self.rollout = Rollout(
             AutoTokenizer.from_pretrained(config.model.tokenizer_path),
             lambda reqs: self.generators.generate(reqs, args.temperature, args.top_p),

@@ -15,14 +15,12 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from medr3.config import ConfigError, RetrieverConfig, load_config  # noqa: E402
+from medr3.config import ConfigError, load_config  # noqa: E402
 from medr3.data import DataError  # noqa: E402
 from medr3.retrieval.indexer import build_index  # noqa: E402
 from medr3.retrieval.manifest import IndexNotReadyError  # noqa: E402
@@ -30,7 +28,9 @@ from medr3.retrieval.manifest import IndexNotReadyError  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="Run config whose `retriever` and `data.corpus` to use (default: defaults).")
+    parser.add_argument(
+        "--config", default=str(ROOT / "configs/default.yaml"), help="Run config: its `retriever` and `data.corpus`."
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Config override.")
     parser.add_argument("--corpus", help="Corpus jsonl file or folder (default: the config's data.corpus).")
     parser.add_argument("--index-path", help="Index folder (default: the config's retriever.index_path).")
@@ -38,15 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if args.config:
-            config = load_config(args.config, args.set)
-            retriever, corpus = config.retriever, config.data.corpus
-        else:
-            retriever, corpus = RetrieverConfig(), "data/corpus"
-            for item in args.set:
-                key, _, value = item.partition("=")
-                update = {key.strip().removeprefix("retriever."): yaml.safe_load(value)}
-                retriever = RetrieverConfig.model_validate({**retriever.model_dump(), **update})
+        config = load_config(args.config, args.set)  # --set retriever.batch_size=128: one override syntax everywhere
+        retriever, corpus = config.retriever, config.data.corpus
         if args.index_path:
             retriever = retriever.model_copy(update={"index_path": args.index_path})
         report = build_index(retriever, args.corpus or corpus, force=args.force)

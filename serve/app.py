@@ -17,6 +17,7 @@ back to the event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -203,10 +204,8 @@ class MedR3Server:
         return out
 
     def _settings(self, searches: int) -> RolloutSettings:
-        c = self.config
-        return RolloutSettings(
-            c.serve.max_tokens, c.generator.max_model_len, searches, c.rollout.max_document_tokens, c.run.seed
-        )
+        settings = RolloutSettings.from_config(self.config, self.config.serve.max_tokens)
+        return dataclasses.replace(settings, max_searches=searches)
 
     def _generate_fn(self, loop: asyncio.AbstractEventLoop):
         s = self.config.serve
