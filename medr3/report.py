@@ -12,6 +12,7 @@ from medr3.final_eval import markdown as final_eval_markdown
 from medr3.metrics import read_metrics
 
 STAGES = ("warmup", *STAGE_NAMES)
+COLORS = dict(zip(STAGES, ("tab:grey", "tab:blue", "tab:orange", "tab:green"), strict=True))  # same in every panel
 
 CURVES = (
     "reward/total",
@@ -49,11 +50,11 @@ def _plot(records: list[dict], final: dict, path: Path) -> None:
             points = [(r["global_step"], r[key]) for r in records if r["stage"] == stage and key in r]
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", markersize=3, label=stage)
+                ax.plot(xs, ys, marker="o", markersize=3, label=stage, color=COLORS[stage])
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend()
+    fig.legend(*axes.flat[5].get_legend_handles_labels(), loc="lower right")  # train/loss has every stage
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -65,11 +66,11 @@ def _plot_before_after(ax, final: dict) -> None:
         ax.text(0.5, 0.5, "no before/after evaluation", ha="center", va="center", transform=ax.transAxes)
         return
     modes = [m for m in MODES if m in final["final"]]
-    for offset, key in ((-0.2, "base"), (0.2, "final")):
+    for offset, key, color in ((-0.2, "base", "tab:grey"), (0.2, "final", "tab:purple")):
         values = [final[key][m]["average"] for m in modes]
         bounds = [final["intervals"][key][m]["average"] for m in modes]
         errors = [[v - lo for v, (lo, _) in zip(values, bounds)], [hi - v for v, (_, hi) in zip(values, bounds)]]
-        ax.bar([i + offset for i in range(len(modes))], values, 0.4, yerr=errors, capsize=4, label=key)
+        ax.bar([i + offset for i in range(len(modes))], values, 0.4, yerr=errors, capsize=4, label=key, color=color)
     chance = sum(final["chance"].values()) / max(len(final["chance"]), 1)
     ax.axhline(chance, color="grey", linestyle="--", label="chance")
     ax.set_xticks(range(len(modes)), modes)
