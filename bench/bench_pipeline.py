@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(config: str, steps: int, pipelined: bool, out_dir: Path) -> list[dict]:
     sets = [
         f"run.output_dir={out_dir}",
+        "stages.warmup.steps=0",
+        "run.final_eval=false",
         f"stages.reasoning.steps={steps}",
         "stages.retrieval.steps=0",
         "stages.joint.steps=0",

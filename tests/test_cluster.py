@@ -151,7 +151,8 @@ PLACEMENT = {"GeneratorWorker": "w1", "SearchActor": "w2", "LearnerRank": "head"
 def test_a_progressive_job_places_generator_search_and_learner_on_different_nodes(
     loopback_cluster, tiny_model_dir, tmp_path
 ):
-    sets = [f"run.output_dir={tmp_path}", f"model.path={tiny_model_dir}", "stages.reasoning.steps=0",
+    sets = [f"run.output_dir={tmp_path}", f"model.path={tiny_model_dir}", "stages.warmup.steps=0",
+            "run.final_eval=false", "stages.reasoning.steps=0",
             "stages.retrieval.steps=1", "stages.joint.steps=0", "generator.resources={w1: 1}",
             "retriever.resources={w2: 1}", "learner.resources={head: 1}"]  # fmt: skip
     args = [sys.executable, str(ROOT / "pipelines/progressive.py"), "--config", str(ROOT / "configs/tiny.yaml")]

@@ -111,4 +111,3 @@ def test_killed_background_checkpoint_write_leaves_the_previous_checkpoint_valid
     restored = ray.get(fresh.weights())
     assert all(torch.equal(saved[k], restored[k]) for k in saved)
     fresh.shutdown()
-
