@@ -280,19 +280,19 @@ class ProgressiveTrainer:
 
         g = self.config.grpo
         batch = batch_for_step(questions, name, stage_step, g.prompts_per_step, self.config.run.seed)
-        spent = [0.0]
+        spent, search_fn = [0.0], self.search_fn()
 
         def search(queries: list[str]) -> list[list[dict]]:
             start = time.perf_counter()
             try:
-                return self.search.batch_search(queries, k=self.config.retriever.top_k)
+                return search_fn(queries)
             finally:
                 spent[0] += time.perf_counter() - start
 
         rollout = Rollout(
             self.tokenizer,
             lambda reqs: self.generators.generate(reqs, g.temperature, g.top_p),
-            search if self.search else None,
+            search if search_fn else None,
             RolloutSettings.from_config(self.config),
         )
         step_index = STAGE_NAMES.index(name) * 1_000_000 + stage_step  # distinct, reproducible sampling seeds
