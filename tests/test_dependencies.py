@@ -21,6 +21,7 @@ VLLM_FLAVOURS = ("cpu", "gpu")  # setup installs exactly one of them
 NOT_IMPORTED = {
     "tensorboard": "torch.utils.tensorboard writes the event files with it (medr3/metrics.py)",
     "gguf": "transformers reads SmolLM2's GGUF with it (medr3/offline_models.py)",
+    "accelerate": "transformers requires it to load a GGUF file (medr3/offline_models.py)",
     "pytest-timeout": "a pytest plugin (pyproject.toml: timeout)",
     "ruff": "the linter, run as a command",
 }
