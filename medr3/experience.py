@@ -52,7 +52,7 @@ def train_samples(trajs: Sequence[Trajectory], advs: Sequence[float]) -> list[Tr
 
 def rollout_metrics(trajs: Sequence[Trajectory]) -> dict[str, float]:
     """Accuracy (`protocol.is_correct`, as evaluation counts it), format rate, searches per trajectory, lengths,
-    finish reasons."""
+    finish reasons: `rollout/<name>` for the names in `medr3.names.ROLLOUT_METRICS`, which a stage's gate may read."""
     n = max(len(trajs), 1)
     correct = fmt = searches = 0
     for t in trajs:

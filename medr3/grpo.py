@@ -11,11 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
+from medr3.names import ESTIMATORS
+
 _ESTIMATORS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {}
 
 
 def register_advantage(name: str):
-    """Decorator: an advantage estimator `(rewards: (G, n), eps) -> advantages: (G, n)` selectable by name."""
+    """Decorator: an advantage estimator `(rewards: (G, n), eps) -> advantages: (G, n)` selectable by name; the
+    name must be declared in `medr3.names.ESTIMATORS`, which the config checks `grpo.estimator` against."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"advantage estimator {name!r} is not declared in medr3/names.py (ESTIMATORS)")
 
     def wrap(fn):
         _ESTIMATORS[name] = fn

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from medr3.atomic import write_text_atomic  # noqa: E402
-from medr3.config import Config, ConfigError, load_config  # noqa: E402
+from medr3.config import Config, ConfigError, load_config, missing_inputs  # noqa: E402
 from medr3.evaluation import (  # noqa: E402
     AGGREGATES,
     MODES,
@@ -36,6 +36,7 @@ from medr3.evaluation import (  # noqa: E402
     markdown,
     pending_chunks,
 )
+from medr3.retrieval.manifest import IndexNotReadyError, check_index  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,11 +91,11 @@ def use_model(config: Config, model: str | None) -> None:
         config.model.tokenizer = None
 
 
-def missing_inputs(config: Config, tasks: list[EvalTask], modes: list[str]) -> list[str]:
-    needs = [("model", Path(config.model.path) / "config.json")] + [(t.name, Path(t.spec.path)) for t in tasks]
-    if "rag" in modes and config.retriever.backend != "server":
-        needs.append(("retriever.index_path", Path(config.retriever.index_path)))
-    return [f"{key}: {path} does not exist" for key, path in needs if not path.exists()]
+def missing_eval_inputs(config: Config, tasks: list[EvalTask], modes: list[str]) -> list[str]:
+    """What the evaluation reads and is not there: the model, each task's file, and the index for `rag`."""
+    sections = [("model", config.model)] + [("retriever", config.retriever)] * ("rag" in modes)
+    sections += [(t.name, t.spec) for t in tasks]
+    return [problem for key, section in sections for problem in missing_inputs(section, key)]
 
 
 class Evaluator:
@@ -176,10 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown task(s) {unknown} (known: {list(available)})", file=sys.stderr)
         return 2
     tasks = [available[name] for name in (args.tasks or available)]
-    missing = missing_inputs(config, tasks, args.modes)
+    missing = missing_eval_inputs(config, tasks, args.modes)
     if missing:
         print("error: inputs missing (run ./setup.sh to build models and index):\n  " + "\n  ".join(missing),
               file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        if "rag" in args.modes:
+            check_index(config.retriever)  # before any actor starts, for the server backend too
+    except IndexNotReadyError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else base / "runs/eval" / Path(config.model.path).name
     settings = settings_of(args, config)

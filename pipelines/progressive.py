@@ -34,6 +34,7 @@ from medr3.config import (  # noqa: E402
     needs_search,
 )
 from medr3.data import load_dataset  # noqa: E402
+from medr3.retrieval.manifest import IndexNotReadyError, check_index  # noqa: E402
 
 WARMUP = "warmup"
 ALL_STAGES = (WARMUP, *STAGE_NAMES)  # the position's stage_index counts in this order
@@ -386,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
             "error: inputs missing (run ./setup.sh to build models and index):\n  " + "\n  ".join(missing),
             file=sys.stderr,
         )
+        return 2
+    try:
+        if needs_search(config):
+            check_index(config.retriever)  # before any actor starts, for the server backend too
+    except IndexNotReadyError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     from actors.cluster import init_ray
 

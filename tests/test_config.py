@@ -1,8 +1,11 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from medr3.config import STAGE_NAMES, ConfigError, load_config
+from medr3.config import STAGE_NAMES, ConfigError, load_config, missing_paths
+from medr3.names import ESTIMATORS, REWARD_TERMS, ROLLOUT_METRICS, gate_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,3 +126,92 @@ def test_warm_start_refuses_an_evaluation_benchmark():
 def test_unknown_final_eval_task_is_rejected_at_load():
     with pytest.raises(ConfigError, match="final_eval_tasks"):
         load_config(ROOT / "configs/tiny.yaml", ["run.final_eval_tasks=[mmlu, nejm]"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["grpo.estimator=grpoo"], "grpo.estimator: unknown estimator 'grpoo' (known: grpo, drgrpo"),
+        (["stages.joint.reward.penalty={helpfulness: 1.0}"], "stages.joint.reward: penalty: unknown reward term"),
+        (
+            ["stages.joint.gate={metric: reward/totl, threshold: 0.5}"],
+            "stages.joint: gate.metric: unknown gate metric 'reward/totl' (known: reward/total, ",
+        ),
+        (  # a term the stage does not score never shows up among its metrics
+            [
+                "stages.reasoning.reward={gain: {answer: 1.0}}",
+                "stages.reasoning.gate={metric: reward/evidence, threshold: 0.5}",
+            ],  # fmt: skip
+            "stages.reasoning: gate.metric: unknown gate metric 'reward/evidence'",
+        ),
+    ],
+)
+def test_unknown_registry_names_fail_at_load_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs/tiny.yaml", overrides)
+    assert message in str(err.value)
+
+
+def test_every_registered_name_is_declared_and_accepted():
+    from medr3.experience import rollout_metrics
+    from medr3.grpo import estimator_names
+    from medr3.rewards import registered_terms
+
+    assert set(estimator_names()) == set(ESTIMATORS) and registered_terms() == set(REWARD_TERMS)
+    assert set(rollout_metrics([])) == {f"rollout/{name}" for name in ROLLOUT_METRICS}
+    terms = "{" + ", ".join(f"{t}: 1.0" for t in REWARD_TERMS) + "}"
+    for estimator in ESTIMATORS:
+        assert load_config(ROOT / "configs/tiny.yaml", [f"grpo.estimator={estimator}"]).grpo.estimator == estimator
+    for metric in gate_metrics(list(REWARD_TERMS)):
+        gate = f"stages.joint.gate={{metric: {metric}, threshold: 0.5}}"
+        config = load_config(ROOT / "configs/tiny.yaml", [f"stages.joint.reward.gain={terms}", gate])
+        assert config.stages.joint.gate.metric == metric
+
+
+def test_registries_refuse_a_name_the_config_does_not_declare():
+    from medr3.grpo import register_advantage
+    from medr3.rewards import register_reward
+
+    with pytest.raises(ValueError, match="not declared in medr3/names.py"):
+        register_reward("helpfulness")
+    with pytest.raises(ValueError, match="not declared in medr3/names.py"):
+        register_advantage("ppo")
+
+
+def test_importing_the_config_imports_no_registry():
+    """config.py checks registry names without importing the registries: no import cycle, no torch at load."""
+    code = "import sys, medr3.config; print(sorted(m for m in sys.modules if m.split('.')[0:2] in "
+    code += "(['medr3', 'rewards'], ['medr3', 'grpo']) or m == 'torch'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_relative_path_is_resolved_against_medr3_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDR3_ROOT", str(tmp_path))
+    config = load_config(
+        ROOT / "configs/tiny.yaml",
+        [
+            "model.tokenizer=tok",
+            "data.eval=[{kind: headqa, path: e.json}]",
+            "reward.embedder=enc",
+            "serve.checkpoint=ck",
+        ],
+    )
+    paths = [config.run.output_dir, config.model.path, config.model.tokenizer, config.data.corpus]
+    paths += [config.retriever.index_path, config.reward.embedder, config.serve.checkpoint, config.data.eval[0].path]
+    paths += [spec.path for _, stage in config.stages.ordered() for spec in stage.train]
+    paths += [spec.path for spec in config.stages.warmup.specs().values()]
+    assert all(Path(p).is_relative_to(tmp_path) for p in paths), paths
+    assert config.retriever.embedder == "minilm"  # a shipped encoder's name, not a path
+
+
+def test_missing_inputs_are_those_the_run_reads(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDR3_ROOT", str(tmp_path))  # nothing exists there
+    reads_all = missing_paths(load_config(ROOT / "configs/tiny.yaml", ["run.final_eval=true"]))
+    keys = {line.split(":")[0] for line in reads_all}
+    assert f"model.path: {tmp_path}/artifacts/models/tiny/config.json does not exist" in reads_all
+    assert {"data.corpus", "retriever.index_path", "stages.reasoning.train[0].path", "stages.warmup.mcq.path"} <= keys
+    assert not any(key.startswith(("run.", "serve.", "data.eval")) for key in keys)  # outputs; read elsewhere
+    no_search = ["stages.warmup.steps=0", "run.final_eval=false", "stages.retrieval.steps=0", "stages.joint.steps=0"]
+    keys = {line.split(":")[0] for line in missing_paths(load_config(ROOT / "configs/tiny.yaml", no_search))}
+    assert not any(key.startswith(("retriever.", "stages.warmup.")) for key in keys)

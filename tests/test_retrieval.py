@@ -14,7 +14,7 @@ from medr3.config import RetrieverConfig
 from medr3.data import Passage
 from medr3.retrieval.chunking import chunk_passage
 from medr3.retrieval.indexer import build_index
-from medr3.retrieval.manifest import IndexNotReadyError, Manifest
+from medr3.retrieval.manifest import IndexNotReadyError, Manifest, check_index
 from medr3.retrieval.metrics import hit_at_k, recall_at_k, reciprocal_rank, summarize
 from medr3.retrieval.searcher import Searcher
 from medr3.retrieval.store import StoreUnavailableError
@@ -168,6 +168,27 @@ def test_rerun_with_other_inputs_refuses_instead_of_mixing_indexes(tmp_path, sma
 def test_missing_index_is_a_clear_error(tmp_path):
     with pytest.raises(IndexNotReadyError, match="build the index"):
         Searcher(RetrieverConfig(index_path=str(tmp_path / "nothing")))
+
+
+def test_a_server_index_is_checked_against_its_manifest_without_reaching_the_server(tmp_path):
+    """What the pipelines run before any actor starts: the manifest alone, no connection to the server."""
+    config = RetrieverConfig(backend="server", url="http://nowhere.invalid:6333", index_path=str(tmp_path),
+                             collection="pubmed")  # fmt: skip
+    with pytest.raises(IndexNotReadyError, match="no index manifest"):
+        check_index(config)
+    fingerprint = {"backend": "server", "collection": "pubmed", "embedder": "minilm", "url": config.url}
+    Manifest(fingerprint, batches_total=2, points_total=10, dim=384, batches_done=1).save(tmp_path)
+    with pytest.raises(IndexNotReadyError, match="incomplete"):
+        check_index(config)
+    Manifest(fingerprint, batches_total=2, points_total=10, dim=384, batches_done=2, complete=True).save(tmp_path)
+    assert check_index(config).points_total == 10
+    with pytest.raises(IndexNotReadyError) as err:
+        check_index(config.model_copy(update={"collection": "wiki", "embedder": "/models/medcpt"}))
+    message = str(err.value)
+    assert "collection 'wiki'" in message and "collection 'pubmed' (config: 'wiki')" in message
+    assert "embedder 'minilm' (config: '/models/medcpt')" in message and "index_corpus.py" in message
+    with pytest.raises(IndexNotReadyError, match="backend 'server' \\(config: 'edge'\\)"):
+        check_index(config.model_copy(update={"backend": "edge"}))
 
 
 def test_torn_manifest_is_never_read_as_complete(tmp_path):

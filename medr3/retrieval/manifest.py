@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medr3.atomic import write_text_atomic
+from medr3.config import RetrieverConfig
 
 MANIFEST_NAME = "manifest.json"
 
@@ -68,6 +69,25 @@ def require_complete(index_path: str | Path) -> Manifest:
             f"{index_path}: index incomplete ({manifest.batches_done}/{manifest.batches_total} batches; interrupted "
             f"or still building); rerun the indexer to finish it: python pipelines/index_corpus.py --index-path "
             f"{index_path}"
+        )
+    return manifest
+
+
+def check_index(config: RetrieverConfig) -> Manifest:
+    """The manifest of the finished index `config` names, built for the same backend, collection and embedder, else
+    IndexNotReadyError naming the collection, what differs and what to run. The pipelines call it before any actor
+    starts (for the server backend the manifest is all there is to check locally); the Searcher again on opening."""
+    manifest = require_complete(config.index_path)
+    built = manifest.fingerprint
+    wanted = {"backend": config.backend, "collection": config.collection, "embedder": config.embedder}
+    differ = [
+        f"{key} {built.get(key)!r} (config: {value!r})" for key, value in wanted.items() if built.get(key) != value
+    ]
+    if differ:
+        raise IndexNotReadyError(
+            f"{config.index_path}: collection {config.collection!r}: the index was built with {', '.join(differ)}; "
+            f"rebuild it with: python pipelines/index_corpus.py --config <this config> --index-path "
+            f"{config.index_path} --force"
         )
     return manifest
 

@@ -7,27 +7,23 @@ from collections.abc import Sequence
 from medr3.config import RetrieverConfig
 from medr3.embedder import Embedder, load_embedder
 from medr3.protocol import strip_tags
-from medr3.retrieval.manifest import IndexNotReadyError, Manifest, require_complete
+from medr3.retrieval.manifest import IndexNotReadyError, Manifest, check_index
 from medr3.retrieval.store import open_store
 
 
 class Searcher:
     """Hybrid (dense + BM25, RRF-fused), dense or BM25 search over a finished index.
 
-    Opening checks the index manifest: an index that is missing, interrupted or built with another embedder is
-    refused with IndexNotReadyError, and an unreachable server with StoreUnavailableError naming its URL.
+    Opening checks the index manifest (`check_index`): an index that is missing, interrupted or built for another
+    backend, collection or embedder is refused with IndexNotReadyError, and an unreachable server with
+    StoreUnavailableError naming its URL.
     """
 
     def __init__(self, config: RetrieverConfig, embedder: Embedder | None = None):
         self.config = config
         self.store = open_store(config)
         try:
-            self.manifest: Manifest = require_complete(config.index_path)
-            embedded_with = self.manifest.fingerprint.get("embedder")
-            if embedded_with != config.embedder:
-                raise IndexNotReadyError(
-                    f"{config.index_path}: index was embedded with {embedded_with!r}, config asks {config.embedder!r}"
-                )
+            self.manifest: Manifest = check_index(config)
             points = self.store.count()
             if points != self.manifest.points_total:
                 raise IndexNotReadyError(
