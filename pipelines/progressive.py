@@ -72,7 +72,7 @@ class ProgressiveTrainer:
         from actors.reward import create_reward_actors
         from actors.weight_sync import make_weight_sync
         from medr3.checkpoint import CheckpointDir
-        from medr3.metrics import MetricsLog
+        from medr3.run_log import MetricsLog
 
         self.config = config
         self.out = Path(config.run.output_dir)
@@ -236,7 +236,7 @@ class ProgressiveTrainer:
         return record
 
     def finish_record(self, record: dict) -> None:
-        from medr3.metrics import progress_line
+        from medr3.run_log import progress_line
 
         record |= self.timer.metrics()
         record["timing/step"] = time.perf_counter() - self.step_start

@@ -19,7 +19,7 @@ VLLM_FLAVOURS = ("cpu", "gpu")  # setup installs exactly one of them
 
 # Declared on purpose though no module imports them by name.
 NOT_IMPORTED = {
-    "tensorboard": "torch.utils.tensorboard writes the event files with it (medr3/metrics.py)",
+    "tensorboard": "torch.utils.tensorboard writes the event files with it (medr3/run_log.py)",
     "gguf": "transformers reads SmolLM2's GGUF with it (medr3/offline_models.py)",
     "accelerate": "transformers requires it to load a GGUF file (medr3/offline_models.py)",
     "pytest-timeout": "a pytest plugin (pyproject.toml: timeout)",

@@ -15,7 +15,7 @@ from medr3.data import Passage
 from medr3.retrieval.chunking import chunk_passage
 from medr3.retrieval.indexer import build_index
 from medr3.retrieval.manifest import IndexNotReadyError, Manifest, check_index
-from medr3.retrieval.metrics import hit_at_k, recall_at_k, reciprocal_rank, summarize
+from medr3.retrieval.quality import hit_at_k, recall_at_k, reciprocal_rank, summarize
 from medr3.retrieval.searcher import Searcher
 from medr3.retrieval.store import StoreUnavailableError
 
@@ -221,7 +221,7 @@ def test_hybrid_finds_gold_pmids_at_least_as_often_as_bm25_on_the_default_index(
     """Needs the full index that ./setup.sh builds (skipped without it); ~1 min of searching."""
     from medr3.data import load_mirage
     from medr3.retrieval.manifest import is_complete
-    from medr3.retrieval.metrics import evaluate_questions
+    from medr3.retrieval.quality import evaluate_questions
 
     index_path = root / "artifacts/index/default"
     if not is_complete(index_path):

@@ -6,9 +6,9 @@ import pytest
 
 from medr3.config import RewardComposition, RewardConfig
 from medr3.data import load_huatuo
+from medr3.embedder import load_embedder
 from medr3.rewards import get_term
 from medr3.rewards.composition import compose
-from medr3.rewards.embedding import load_embed_fn
 from medr3.rewards.inputs import RewardContext, RewardInput
 from medr3.rewards.vocabulary import build_vocabulary
 
@@ -105,7 +105,7 @@ def test_reward_actor_matches_the_pure_functions_on_the_release_composition(acto
 
     release = RewardComposition.release()
     remote = ray.get(actors[0].score.remote(batch, release))
-    ctx = RewardContext(RewardConfig(), load_embed_fn(), build_vocabulary(root / "data/corpus"))
+    ctx = RewardContext(RewardConfig(), load_embedder().encode, build_vocabulary(root / "data/corpus"))
     expected = pure_scores(batch, release, ctx)
     assert_same(remote.items, expected, rel=1e-5, abs=1e-6)  # embeddings batch differently: float32 rounding
     assert remote.items[0]["terms"]["clinical_consistency"] > 0.99  # the reference reasoning itself

@@ -10,8 +10,8 @@ import numpy as np
 
 from medr3.config import RewardConfig
 from medr3.data import Question
+from medr3.embedder import EmbedFn
 from medr3.protocol import Parsed, parse
-from medr3.rewards.embedding import EmbedFn
 from medr3.rewards.vocabulary import Vocabulary
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medr3.config import RewardComposition, RewardConfig
+from medr3.embedder import CachedEmbedder, EmbedFn, load_embedder
 from medr3.rewards.composition import compose
-from medr3.rewards.embedding import CachedEmbedder, EmbedFn, load_embed_fn
 from medr3.rewards.inputs import RewardContext, RewardInput
 from medr3.rewards.judge import JudgeClient
 from medr3.rewards.registry import get_term
@@ -82,7 +82,8 @@ class RewardScorer:
 
     def _prepare(self, names: set[str], batch: list[RewardInput]) -> None:
         if names & NEEDS_EMBEDDER and self.ctx.embedder is None:
-            self.ctx.embedder = CachedEmbedder(load_embed_fn(self.ctx.config.embedder))
+            # Past the encoder's limit (256 word pieces for MiniLM) a text is cut: the start of a reasoning counts.
+            self.ctx.embedder = CachedEmbedder(load_embedder(self.ctx.config.embedder).encode)
         if names & NEEDS_VOCABULARY and self.ctx.vocabulary is None:
             self.ctx.vocabulary = build_vocabulary(self.corpus)
         if "judge" in names and self.ctx.judge is not None:

@@ -1,4 +1,5 @@
-"""Step metrics to `metrics.jsonl`, TensorBoard and a one-line progress report (Ray metrics live in actors/).
+"""The run log: step metrics to `metrics.jsonl`, TensorBoard and a one-line progress report (Ray metrics live in
+actors/ray_metrics.py).
 
 On resume, lines and events past the last checkpoint are dropped, so a redone step is never counted twice.
 """
