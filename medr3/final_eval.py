@@ -22,16 +22,43 @@ MODES = ("cot", "rag")
 BOOTSTRAP_SAMPLES = 2000
 
 
-def evaluate_slice(tasks: Sequence[EvalTask], limit: int, run_chunk: RunChunk) -> dict[str, dict[str, list[float]]]:
+def evaluate_slice(
+    tasks: Sequence[EvalTask], limit: int, run_chunk: RunChunk, samples: list[dict] | None = None
+) -> dict[str, dict[str, list[float]]]:
     """Per mode and task, each question's correctness (0/1) on the first `limit` questions of the task; one
-    sample per question. `run_chunk` must return one trajectory per question, in order."""
+    sample per question. `run_chunk` must return one trajectory per question, in order. `samples`, when given,
+    receives one `sample_record` per question."""
     out: dict[str, dict[str, list[float]]] = {}
     for mode in MODES:
         for task in tasks:
             questions = load_task(task, limit)
             trajs = run_chunk(questions, mode == "rag")
             out.setdefault(mode, {})[task.name] = [question_accuracy(question_record([t]), "mean") for t in trajs]
+            if samples is not None:
+                samples += [sample_record(mode, task.name, t) for t in trajs]
     return out
+
+
+def sample_record(mode: str, task: str, traj: Trajectory) -> dict:
+    """What one evaluated response did, for `final_eval_samples.jsonl`: a user reads why a question was missed
+    (no answer, cut at the length limit, a wrong option) without rerunning anything."""
+    from medr3.protocol import check_format, parse
+
+    q = traj.question
+    answer = parse(traj.text).answer
+    return {
+        "mode": mode,
+        "task": task,
+        "id": q.id,
+        "gold": q.answer_letter or q.answer_text,
+        "answer": answer,
+        "correct": question_accuracy(question_record([traj]), "mean") == 1.0,
+        "format_ok": check_format(traj.text, traj.search_allowed, traj.self_document).ok,
+        "searches": len(traj.searches),
+        "finish_reason": traj.finish_reason,
+        "response_tokens": len(traj.response_ids),
+        "response": traj.text,
+    }
 
 
 def chance_level(tasks: Sequence[EvalTask], limit: int) -> dict[str, float]:
@@ -82,6 +109,17 @@ def write_result(path: Path, key: str, per_question: dict[str, dict[str, list[fl
     data.setdefault("per_question", {})[key] = per_question
     write_text_atomic(path, json.dumps(data, indent=1))
     return data
+
+
+def write_samples(path: Path, key: str, samples: Sequence[dict]) -> None:
+    """Replace `key`'s lines in `final_eval_samples.jsonl` with `samples` (each tagged `"model": key`), whole."""
+    from medr3.atomic import write_text_atomic
+
+    kept = []
+    if path.exists():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line).get("model") != key]
+    kept += [json.dumps({"model": key} | s) for s in samples]
+    write_text_atomic(path, "\n".join(kept) + "\n")
 
 
 def markdown(data: dict) -> str:

@@ -208,6 +208,12 @@ def test_warm_start_then_stages_end_with_a_before_after_evaluation(ray_cluster, 
             assert set(result[key][mode]) == {"mmlu", "pubmedqa", "average"}
             assert all(0 <= v <= 100 for v in result[key][mode].values())
     assert result["chance"]["mmlu"] == pytest.approx(25.0) and result["chance"]["pubmedqa"] == pytest.approx(100 / 3)
+    samples = [json.loads(line) for line in (tmp_path / "final_eval_samples.jsonl").read_text().splitlines()]
+    limit = 8  # configs/tiny.yaml run.final_eval_limit
+    assert len(samples) == 2 * 2 * 2 * limit  # base and final × cot and rag × two tasks
+    for key in ("base", "final"):  # the samples agree with the accuracies they explain
+        mine = [s for s in samples if s["model"] == key and s["mode"] == "cot" and s["task"] == "mmlu"]
+        assert 100 * sum(s["correct"] for s in mine) / limit == pytest.approx(result[key]["cot"]["mmlu"])
     assert (
         "Before / after" in (tmp_path / "summary.md").read_text()
         and "| warmup | 2 |" in (tmp_path / "summary.md").read_text()
