@@ -81,7 +81,8 @@ class ProgressiveTrainer:
             moved = self.ckpts.set_aside()
             if moved:
                 print(f"[fresh] earlier checkpoints moved to {moved}", flush=True)
-            (self.out / "final_eval.json").unlink(missing_ok=True)
+            for name in ("final_eval.json", "final_eval_samples.jsonl"):
+                (self.out / name).unlink(missing_ok=True)
         resume = self.ckpts.latest() if config.run.resume else None
         self.pos = {"stage_index": 0, "stage_step": 0, "global_step": 0, "version": 0, "gate_streak": 0}
         self.pending_checkpoint: tuple[Path, int, dict] | None = None
@@ -339,7 +340,7 @@ class ProgressiveTrainer:
     def final_eval(self, key: str) -> None:
         """`key` = base or final: the generators' current model on the fixed slice, same seeds for both."""
         from medr3.evaluation import eval_tasks
-        from medr3.final_eval import chance_level, evaluate_slice, markdown, write_result
+        from medr3.final_eval import chance_level, evaluate_slice, markdown, write_result, write_samples
         from medr3.rollout import Rollout, RolloutSettings
 
         run = self.config.run
@@ -352,7 +353,11 @@ class ProgressiveTrainer:
             RolloutSettings.from_config(self.config),
         )
         start = time.perf_counter()
-        per_question = evaluate_slice(tasks, run.final_eval_limit, lambda qs, s: rollout.run(qs, 1, search=s))
+        samples: list[dict] = []
+        per_question = evaluate_slice(
+            tasks, run.final_eval_limit, lambda qs, s: rollout.run(qs, 1, search=s), samples
+        )
+        write_samples(self.out / "final_eval_samples.jsonl", key, samples)
         data = write_result(self.out / "final_eval.json", key, per_question, chance_level(tasks, run.final_eval_limit))
         averages = ", ".join(f"{mode} {data[key][mode]['average']:.1f}%" for mode in data[key])
         print(f"[eval] {key}: {averages} ({time.perf_counter() - start:.0f}s)", flush=True)
