@@ -9,6 +9,7 @@ every sample's answer, so the aggregate (majority or mean) is chosen when the re
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -69,10 +70,18 @@ def eval_tasks(data_dir: str | Path) -> dict[str, EvalTask]:
     return tasks
 
 
+SLICE_SEED = 0  # every evaluation with the same `limit` sees the same questions: base and final, run after run
+
+
 def load_task(task: EvalTask, limit: int | None = None) -> list[Question]:
-    """The task's questions, the first `limit` of them (malformed records are skipped and counted by the loader)."""
-    questions, _ = load_dataset(task.spec.model_copy(update={"limit": limit}))
-    return questions
+    """The task's questions (malformed records are skipped and counted by the loader); with `limit`, a fixed seeded
+    sample of that many, kept in file order. Not the first `limit`: MIRAGE lists PubMedQA* sorted by answer, so its
+    first 276 questions are all "yes" and a prefix would measure only a model's bias towards "yes"."""
+    questions, _ = load_dataset(task.spec)
+    if limit is None or limit >= len(questions):
+        return questions
+    keep = sorted(random.Random(f"{SLICE_SEED}/{task.name}").sample(range(len(questions)), limit))
+    return [questions[i] for i in keep]
 
 
 # --- scoring -------------------------------------------------------------------------------------------------------

@@ -182,3 +182,11 @@ def test_tiny_model_evaluation_writes_a_well_formed_report_and_a_rerun_resumes(r
                            timeout=300)  # fmt: skip
     assert again.returncode == 0 and "already recorded" in again.stdout, again.stderr[-2000:]
     assert json.loads((tmp_path / "report.json").read_text()) == report and time.monotonic() - started < 60
+
+
+def test_a_limited_slice_is_a_fixed_sample_spread_over_the_task_not_its_first_questions():
+    pubmedqa = eval_tasks(ROOT / "data")["pubmedqa"]
+    first, again = load_task(pubmedqa, limit=64), load_task(pubmedqa, limit=64)
+    assert [q.id for q in first] == [q.id for q in again]  # base and final see the same questions
+    # MIRAGE sorts PubMedQA* by answer: its first 276 are all "yes"; a fair slice holds every answer
+    assert {q.answer_letter for q in first} == {"A", "B", "C"}
