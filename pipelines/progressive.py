@@ -17,9 +17,13 @@ import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -59,18 +63,42 @@ class Timer:
         return {f"timing/{k}": v for k, v in self.seconds.items()}
 
 
-class ProgressiveTrainer:
-    """Owns the actors and the position (stage, step, weights version) of one run."""
+@dataclass
+class Workers:
+    """What the trainer drives: the job's Ray actors (`start_workers`), or fakes in tests (tests/fakes.py)."""
 
-    def __init__(self, config: Config, fresh: bool = False):
+    generators: Any  # generate(requests, temperature, top_p) -> completions
+    search: Any  # batch_search(queries, k) -> documents per query; None when the run never searches
+    score: Callable  # score(reward inputs, composition) -> BatchScores
+    learner: Any  # train, train_sft, save, save_done, load
+    push_weights: Callable[[int], None]  # learner -> every generator, stamped with the weights version
+    ray_metrics: Any  # log(record): the step's metrics as Ray metrics
+
+
+def start_workers(config: Config) -> Workers:
+    """The job's Ray actors; the generators are up and hold the base model when this returns."""
+    from actors.generator import GeneratorPool
+    from actors.learner import LearnerGroup
+    from actors.ray_metrics import RayMetrics
+    from actors.retriever import SearchPool
+    from actors.reward import create_reward_actors, score_batch
+    from actors.weight_sync import make_weight_sync
+
+    search = SearchPool(config.retriever) if needs_search(config) else None
+    generators = GeneratorPool(config)
+    rewards = create_reward_actors(config.reward, config.data.corpus)
+    learner = LearnerGroup(config)
+    generators.wait_ready()
+    push_weights = make_weight_sync(config, learner, generators)
+    return Workers(generators, search, partial(score_batch, rewards), learner, push_weights, RayMetrics())
+
+
+class ProgressiveTrainer:
+    """Owns the workers and the position (stage, step, weights version) of one run."""
+
+    def __init__(self, config: Config, fresh: bool = False, workers: Workers | None = None):
         from transformers import AutoTokenizer
 
-        from actors.generator import GeneratorPool
-        from actors.learner import LearnerGroup
-        from actors.ray_metrics import RayMetrics
-        from actors.retriever import SearchPool
-        from actors.reward import create_reward_actors
-        from actors.weight_sync import make_weight_sync
         from medr3.checkpoint import CheckpointDir
         from medr3.run_log import MetricsLog
 
@@ -87,12 +115,9 @@ class ProgressiveTrainer:
         self.pos = {"stage_index": 0, "stage_step": 0, "global_step": 0, "version": 0, "gate_streak": 0}
         self.pending_checkpoint: tuple[Path, int, dict] | None = None
         self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer_path)
-        self.search = SearchPool(config.retriever) if needs_search(config) else None
-        self.generators = GeneratorPool(config)
-        self.rewards = create_reward_actors(config.reward, config.data.corpus)
-        self.learner = LearnerGroup(config)
-        self.generators.wait_ready()
-        self.push_weights = make_weight_sync(config, self.learner, self.generators)
+        w = workers or start_workers(config)
+        self.generators, self.search, self.score, self.learner = w.generators, w.search, w.score, w.learner
+        self.push_weights, self.ray_metrics = w.push_weights, w.ray_metrics
         self.log = MetricsLog(self.out, resume_after=resume[1]["global_step"] if resume else 0)
         self.timer = Timer()
         if config.run.final_eval and not self.evaluated("base"):
@@ -104,7 +129,6 @@ class ProgressiveTrainer:
             self.sync()  # the generators restarted from the base model: bring them to the checkpoint's weights
             print(f"[resume] {path.name}: stage {ALL_STAGES[meta['stage_index']]}, next step {meta['stage_step']}",
                   flush=True)  # fmt: skip
-        self.ray_metrics = RayMetrics()
         self.pool = ThreadPoolExecutor(max_workers=1)  # pipelined mode: the next step's rollout
         self.prefetch: tuple[tuple, Future] | None = None
 
@@ -201,7 +225,6 @@ class ProgressiveTrainer:
         return demos
 
     def step(self, name: str, stage: StageConfig, questions: list) -> dict:
-        from actors.reward import score_batch
         from medr3.experience import advantages, reward_inputs, rollout_metrics, train_samples
 
         self.timer, g, step = Timer(), self.config.grpo, self.pos["global_step"]
@@ -213,7 +236,7 @@ class ProgressiveTrainer:
         self.timer.seconds["retrieve"] = retrieve_s
         self.maybe_prefetch(name, stage, questions)
         with self.timer("reward"):
-            scores = score_batch(self.rewards, reward_inputs(trajs, stage, self.config), stage.reward)
+            scores = self.score(reward_inputs(trajs, stage, self.config), stage.reward)
         with self.timer("advantage"):
             advs = advantages(scores.totals, g.samples_per_prompt, g.estimator, g.advantage_eps)
             samples = train_samples(trajs, advs)

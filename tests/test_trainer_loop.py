@@ -1,0 +1,99 @@
+"""`ProgressiveTrainer.run()` on fake workers (tests/fakes.py), no Ray and no vLLM: the stage order, a gate that ends a
+stage early, checkpoints at stage ends, and a resume that continues where a killed run stopped. The subprocess tests
+in test_pipeline.py run the same loop on real actors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from medr3.config import load_config
+from medr3.retrieval.manifest import Manifest
+from pipelines import evaluate, progressive
+from pipelines.progressive import ProgressiveTrainer
+
+from .conftest import ROOT
+from .fakes import FakeLearner, fake_workers
+
+# The reasoning stage may run 4 steps, but every fake response is well formed, so its gate fires after 2.
+STAGES = [
+    "stages.warmup.steps=0",
+    "stages.reasoning.steps=4",
+    "stages.reasoning.gate={metric: rollout/format_rate, threshold: 1.0, patience: 2}",
+    "stages.retrieval.steps=2",
+    "stages.joint.steps=1",
+    *(f"stages.{name}.reward={{gain: {{answer: 1.0}}, penalty: {{format: 0.1}}}}" for name in progressive.STAGE_NAMES),
+]
+EXPECTED = [("reasoning", 1), ("reasoning", 2), ("retrieval", 1), ("retrieval", 2), ("joint", 1)]
+
+
+@pytest.fixture
+def config_for(tiny_model_dir):
+    def make(out_dir):
+        sets = [f"model.path={tiny_model_dir}", f"run.output_dir={out_dir}", "run.final_eval=false"]
+        return load_config(ROOT / "configs/tiny.yaml", [*sets, "run.checkpoint_every=1", *STAGES])
+
+    return make
+
+
+def run(config, tokenizer, learner=None) -> dict:
+    workers = fake_workers(config, tokenizer, learner)
+    trainer = ProgressiveTrainer(config, workers=workers)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()  # as main() does, also when a step raises
+    return workers
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_gate_ends_a_stage_early_and_every_stage_end_is_checkpointed(tmp_path, config_for, tiny_tokenizer):
+    workers = run(config_for(tmp_path), tiny_tokenizer)
+    rows = lines(tmp_path / "metrics.jsonl")
+    assert [(r["stage"], r["stage_step"]) for r in rows] == EXPECTED
+    assert [r["global_step"] for r in rows] == [1, 2, 3, 4, 5] and workers.learner.steps == 5
+    assert [r["weights_version"] for r in rows] == [1, 2, 3, 4, 5] and workers.generators.version == 5
+    assert all(r["rollout/format_rate"] == 1.0 and "reward/total" in r and "timing/train" in r for r in rows)
+    assert [r["rollout/searches_per_traj"] for r in rows] == [0, 0, 1, 1, 1]  # the reasoning stage never searches
+    assert len(workers.ray_metrics.records) == 5
+    last = json.loads(sorted((tmp_path / "checkpoints").glob("step-*"))[-1].joinpath("meta.json").read_text())
+    assert last["global_step"] == 5 and last["stage_index"] == 4  # past the last stage: a rerun has nothing to do
+    assert (tmp_path / "summary.md").exists()
+
+
+def test_a_killed_run_resumes_mid_gate_with_the_same_steps_and_data(tmp_path, config_for, tiny_tokenizer):
+    whole = run(config_for(tmp_path / "whole"), tiny_tokenizer)
+    killed = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match="killed"):  # in step 2, after step 1 (gate streak 1) was checkpointed
+        run(config_for(killed), tiny_tokenizer, FakeLearner(crash_at=2))
+    assert [r["global_step"] for r in lines(killed / "metrics.jsonl")] == [1]
+    resumed = run(config_for(killed), tiny_tokenizer)
+    rows = lines(killed / "metrics.jsonl")
+    assert [(r["stage"], r["stage_step"]) for r in rows] == EXPECTED  # the gate streak survived the restart
+    assert resumed.learner.steps == 5 and resumed.learner.seeds == whole.learner.seeds[1:]
+    questions = [(s["global_step"], s["question"]) for s in lines(killed / "samples.jsonl")]
+    assert questions == [(s["global_step"], s["question"]) for s in lines(tmp_path / "whole/samples.jsonl")]
+
+
+def test_a_server_index_built_for_another_collection_fails_before_any_actor_starts(
+    tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    def no_cluster():
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setitem(sys.modules, "actors.cluster", SimpleNamespace(init_ray=no_cluster))
+    Manifest({"backend": "server", "collection": "wiki", "embedder": "minilm"}, 1, 10, 384, 1, True).save(tmp_path)
+    server = ["retriever.backend=server", "retriever.url=http://q.invalid:6333", f"retriever.index_path={tmp_path}"]
+    args = ["--config", str(ROOT / "configs/tiny.yaml"), "--set", f"model.path={tiny_model_dir}"]
+    args += [a for s in server for a in ("--set", s)]
+    for main in (progressive.main, lambda a: evaluate.main([*a, "--modes", "rag", "--tasks", "mmlu"])):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "collection 'medr3_corpus'" in err and "collection 'wiki' (config: 'medr3_corpus')" in err
+        assert "index_corpus.py" in err
