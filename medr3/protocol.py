@@ -19,6 +19,7 @@ SEARCH_STOP = "</search>"
 ANSWER_STOP = "</answer>"
 DOCUMENT_OPEN = "<document>"  # a stop too: a model that starts writing a document itself is cut off there
 PROTOCOL_TAGS = ("think", "search", "document", "answer")
+ZERO_WIDTH_SPACE = "\u200b"  # breaks a special-token string in user text without changing what a reader sees
 
 _TAG = re.compile(r"<\s*/?\s*(?:think|search|document|answer|information|result)s?\s*>", re.IGNORECASE)
 _ANY_TAG = re.compile(r"<(/?)(think|search|document|answer)>")
@@ -64,6 +65,35 @@ def build_prompt(q: Question, tokenizer=None, search: bool = False, max_searches
 def strip_tags(text: str) -> str:
     """Remove anything that looks like a protocol tag, so a retrieved document cannot inject one."""
     return _TAG.sub(" ", text)
+
+
+def special_token_strings(tokenizer) -> tuple[str, ...]:
+    """Every string `tokenizer` reads as a special token: its named ones (`all_special_tokens`) and every added token
+    marked special (ChatML's ``<|im_start|>`` often is only that), longest first."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    found |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values() if t.special}
+    return tuple(sorted((s for s in found if len(s) > 1 and ZERO_WIDTH_SPACE not in s), key=len, reverse=True))
+
+
+def escape_special_tokens(text: str, tokenizer) -> str:
+    """`text` with every special-token string of `tokenizer` broken by a zero-width space after its first character,
+    so that a prompt holding it tokenizes it as ordinary text: never a chat marker such as ``<|im_end|>``.
+    Repeated until nothing matches, since breaking one string can leave an overlapping one whole."""
+    specials = special_token_strings(tokenizer)
+    if not specials:
+        return text
+    pattern = re.compile("|".join(map(re.escape, specials)))
+    while (escaped := pattern.sub(lambda m: m.group()[0] + ZERO_WIDTH_SPACE + m.group()[1:], text)) != text:
+        text = escaped
+    return text
+
+
+def plain_text(text: str, tokenizer=None) -> str:
+    """User text (a question, an option, a chat message) made plain for a prompt: protocol tags removed
+    (`strip_tags`) and special-token strings broken (`escape_special_tokens`), so it can neither open or close a
+    turn nor pose as a search, a document or an answer."""
+    text = strip_tags(text)
+    return text if tokenizer is None else escape_special_tokens(text, tokenizer)
 
 
 def format_documents(docs: Sequence[dict]) -> str:

@@ -5,6 +5,10 @@ EOS, the token budget, or ``</search>``; after ``</search>`` the query is search
 as ``<document>`` spans (tags stripped, each truncated to the rollout's document budget) and the next turn starts.
 Token ids are appended, never re-decoded text. The client sees generated text and inserted documents in order, so
 the transcript is exactly what the model read.
+
+Message content is the client's text, never markup: special-token strings in any message are broken so they stay
+text, and system and user messages lose protocol tags (`medr3.protocol.plain_text`). Assistant messages keep their
+tags: they are the model's own turns (history, or a prefill ending in a search), which the client may write.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from medr3.protocol import SEARCH_STOP, documents_text, search_query, turn_stops
+from medr3.protocol import SEARCH_STOP, documents_text, escape_special_tokens, plain_text, search_query, turn_stops
 from medr3.rollout import Completion, GenRequest
 
 StreamFn = Callable[[GenRequest], AsyncIterator[Completion]]
@@ -21,16 +25,19 @@ AsyncSearchFn = Callable[[list[str]], Awaitable[list[list[dict]]]]
 
 @dataclass
 class Piece:
-    """A span of one choice's output: `generated` tokens of model text (0 for inserted documents); the last piece
-    of a choice has `finish_reason` ("stop" or "length") and no text."""
+    """A span of one choice's output: `generated` tokens of model text, or `inserted` tokens of documents; the last
+    piece of a choice has `finish_reason` ("stop" or "length") and no text."""
 
     text: str
     generated: int
     finish_reason: str | None = None
+    inserted: int = 0
 
 
 def chat_prompt(tokenizer, messages: list[dict], continue_final: bool) -> tuple[list[int], str]:
-    """Prompt token ids through the chat template, and the assistant prefill text being continued ("" if none)."""
+    """Prompt token ids through the chat template, and the assistant prefill text being continued ("" if none).
+    Message content and names are made plain first (see the module docstring)."""
+    messages = [_plain_message(m, tokenizer) for m in messages]
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final
@@ -40,6 +47,14 @@ def chat_prompt(tokenizer, messages: list[dict], continue_final: bool) -> tuple[
         text = text.rstrip("\n") if continue_final else text + "assistant: "
     prefill = messages[-1]["content"] if continue_final else ""
     return tokenizer(text, add_special_tokens=False).input_ids, prefill
+
+
+def _plain_message(message: dict, tokenizer) -> dict:
+    plain = escape_special_tokens if message["role"] == "assistant" else plain_text
+    out = {**message, "content": plain(message["content"], tokenizer)}
+    if out.get("name") is not None:
+        out["name"] = plain_text(out["name"], tokenizer)
+    return out
 
 
 @dataclass
@@ -63,9 +78,10 @@ class ChatTurns:
             if query is not None:
                 text = await self._documents(query)
                 inserted = self.tokenizer(text, add_special_tokens=False).input_ids
-                ids += inserted[: max(self.max_model_len - len(ids), 0)]
+                kept = inserted[: max(self.max_model_len - len(ids), 0)]
+                ids += kept
                 searches += 1
-                yield Piece(text, 0)
+                yield Piece(text if len(kept) == len(inserted) else self.tokenizer.decode(kept), 0, inserted=len(kept))
             budget = min(max_tokens - generated, self.max_model_len - len(ids))
             if budget <= 0:
                 yield Piece("", 0, "length")

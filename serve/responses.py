@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 
-from medr3.protocol import extract_answer, parse, strip_tags
+from medr3.protocol import PROTOCOL_TAGS, extract_answer, parse, strip_tags
 from medr3.rollout import Trajectory
 from serve.chat import Piece
 from serve.schemas import ApiError
@@ -15,28 +16,35 @@ from serve.schemas import ApiError
 log = logging.getLogger("ray.serve")
 
 
-async def _collect(run: AsyncIterator[Piece]) -> tuple[str, int, str]:
-    text, generated, finish = [], 0, "stop"
+async def _collect(run: AsyncIterator[Piece]) -> tuple[str, int, int, str]:
+    text, generated, inserted, finish = [], 0, 0, "stop"
     async for piece in run:
         text.append(piece.text)
         generated += piece.generated
+        inserted += piece.inserted
         finish = piece.finish_reason or finish
-    return "".join(text), generated, finish
+    return "".join(text), generated, inserted, finish
 
 
 async def complete(head: dict, runs: list[AsyncIterator[Piece]], prompt_tokens: int) -> dict:
     results = await asyncio.gather(*(_collect(r) for r in runs))
-    completion = sum(generated for _, generated, _ in results)
+    completion, retrieved = sum(r[1] for r in results), sum(r[2] for r in results)
     choices = [
         {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}
-        for i, (text, _, finish) in enumerate(results)
+        for i, (text, _, _, finish) in enumerate(results)
     ]
-    return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(prompt_tokens, completion)}
+    usage = _usage(prompt_tokens, completion, retrieved)
+    return {**head, "object": "chat.completion", "choices": choices, "usage": usage}
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    total = prompt_tokens + completion_tokens
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+def _usage(prompt_tokens: int, completion_tokens: int, retrieved_tokens: int) -> dict:
+    """Token counts of both routes: `retrieved_tokens` are the inserted documents the model read, in the total."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "retrieved_tokens": retrieved_tokens,
+        "total_tokens": prompt_tokens + completion_tokens + retrieved_tokens,
+    }
 
 
 async def sse(
@@ -62,7 +70,7 @@ async def sse(
     )
     tasks = [asyncio.create_task(pump(i, run)) for i, run in enumerate(runs)]
     try:
-        open_runs, completion = len(runs), 0
+        open_runs, completion, retrieved = len(runs), 0, 0
         while open_runs:
             i, item = await queue.get()
             if item is None:
@@ -73,10 +81,11 @@ async def sse(
                 break
             else:
                 completion += item.generated
+                retrieved += item.inserted
                 delta = {"content": item.text} if item.text else {}
                 yield event([{"index": i, "delta": delta, "finish_reason": item.finish_reason}])
         if include_usage:
-            yield event([], usage=_usage(prompt_tokens, completion))
+            yield event([], usage=_usage(prompt_tokens, completion, retrieved))
         yield "data: [DONE]\n\n"
     finally:  # a client that hangs up cancels the pumps, which aborts their engine requests
         for task in tasks:
@@ -85,28 +94,34 @@ async def sse(
 
 def answer_body(traj: Trajectory, snippet_chars: int, latency_ms: float) -> dict:
     """The /v1/answer response for one trajectory: answer, reasoning (searches and documents removed), the searches
-    with their documents as snippets (tags stripped), token usage."""
+    with their documents as snippets (tags stripped), token usage. The letter comes from `extract_answer`, the
+    matcher the reward scores with: an answer whose text names another option than its letter has none."""
     parsed = parse(traj.text)
     letter, _ = extract_answer(parsed.answer, traj.question.options)
     searches = [
         {"query": s["query"], "documents": [_document(d, snippet_chars) for d in s["documents"]]}
         for s in traj.searches
     ]
-    prompt, generated, inserted = len(traj.prompt_ids), traj.generated_tokens, traj.inserted_tokens
     return {
         "answer": strip_tags(parsed.answer).strip() if parsed.answer is not None else None,
         "answer_letter": letter,
-        "reasoning": parsed.think,
+        "reasoning": _reasoning(parsed.think),
         "searches": searches,
         "finish_reason": traj.finish_reason,
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": generated,
-            "retrieved_tokens": inserted,
-            "total_tokens": prompt + generated + inserted,
-        },
+        "usage": _usage(len(traj.prompt_ids), traj.generated_tokens, traj.inserted_tokens),
         "latency_ms": round(latency_ms, 1),
     }
+
+
+_OPEN_SPAN = re.compile(r"<(?:search|document)>.*", re.DOTALL)  # never closed: the response was cut inside it
+_PARTIAL_TAG = re.compile(f"</?(?:{'|'.join(t[:i] for t in PROTOCOL_TAGS for i in range(len(t)))})$")  # "<docu"
+
+
+def _reasoning(think: str) -> str:
+    """The reasoning `parse` found (whole searches and documents already removed) without what a cut-off response
+    leaves: an unclosed search or document, a stray tag, a tag cut mid-word. It never ends inside a tag."""
+    text = strip_tags(_OPEN_SPAN.sub("", think))
+    return " ".join(_PARTIAL_TAG.sub("", text.rstrip()).split())
 
 
 def _document(doc: dict, snippet_chars: int) -> dict:

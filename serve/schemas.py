@@ -2,7 +2,9 @@
 
 Bodies are validated with `model_validate_json(raw, context=Limits)`, so malformed JSON, a wrong type, a missing or
 unknown field and a configured limit all fail the same way: ApiError(400) whose `param` is the field's dotted path
-(`messages.0.content`) — the shape the OpenAI API uses, so its clients show the message.
+(`messages.0.content`) — the shape the OpenAI API uses, so its clients show the message. Nothing out of range
+reaches the engine: a seed is an unsigned 63-bit integer even after the per-choice and per-turn offsets, floats are
+finite.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
+from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from medr3.config import ServeConfig
+from medr3.data import Question
+from medr3.protocol import plain_text
 
 _LETTER = re.compile(r"^[A-J]$")
+MAX_SEED = 2**63 - 1  # the engine seeds a 64-bit signed generator: a larger seed fails inside it
 
 
 class ApiError(Exception):
@@ -46,7 +52,8 @@ class Limits:
 
 class _Request(BaseModel):
     # strict: "1" is not an int and "true" is not a bool; forbid: a misspelt field is an error, not silently ignored.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # allow_inf_nan off: JSON's NaN/Infinity extensions are refused, never compared against a range.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -84,7 +91,7 @@ class ChatRequest(_Request):
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     user: str | None = None
@@ -96,6 +103,15 @@ class ChatRequest(_Request):
         if n > _limits(info).max_n:
             raise ValueError(f"at most {_limits(info).max_n} choices per request")
         return n
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_room(cls, seed: int | None, info: ValidationInfo) -> int | None:
+        # Choice i, turn t samples with seed + i + t (serve/app.py, serve/chat.py): each must stay a valid seed.
+        offsets = info.data.get("n", 1) - 1 + _limits(info).max_searches
+        if seed is not None and seed + offsets > MAX_SEED:
+            raise ValueError(f"must be at most {MAX_SEED - offsets} with this n (seed + choice + turn <= 2**63-1)")
+        return seed
 
     @field_validator("max_tokens", "max_completion_tokens")
     @classmethod
@@ -118,6 +134,8 @@ class ChatRequest(_Request):
         messages = info.data.get("messages")  # absent when messages itself failed
         if value and messages and messages[-1].role != "assistant":
             raise ValueError("needs the last message to be the assistant's")
+        if value and messages and not messages[-1].content.strip():
+            raise ValueError("needs a non-blank assistant message to continue")
         return value
 
     @property
@@ -161,6 +179,16 @@ class AnswerRequest(_Request):
         if value is not None and value > _limits(info).max_searches:
             raise ValueError(f"at most {_limits(info).max_searches} searches on this server")
         return value
+
+    def to_question(self, tokenizer) -> Question:
+        """The request as a Question of plain text (`medr3.protocol.plain_text`): no special token, no protocol
+        tag; an option is one line, so it cannot forge the next. Raises ApiError(400) when nothing is left."""
+        question = plain_text(self.question, tokenizer).strip()
+        options = {k: " ".join(plain_text(v, tokenizer).split()) for k, v in (self.options or {}).items()}
+        for field, text in [("question", question), *((f"options.{k}", v) for k, v in options.items())]:
+            if not text:
+                raise ApiError(400, f"{field}: nothing is left once protocol tags are removed", field, "invalid_value")
+        return Question(f"req-{uuid4().hex}", question, options, None, "")
 
 
 def parse_request(model: type[_Request], raw: bytes, limits: Limits) -> _Request:
