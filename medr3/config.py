@@ -319,7 +319,7 @@ class WarmupConfig(_Section):
     mix: dict[Literal["reasoning", "mcq", "search"], float] = Field(
         default_factory=lambda: {"reasoning": 0.3, "mcq": 0.35, "search": 0.35},
         description="Share of each demonstration kind: reasoning (HuatuoGPT-o1 chains of thought), mcq (HEAD-QA "
-        "train) and search (PubMedQA non-test with our retriever's documents).",
+        "train) and search (`search`'s files, with our retriever's documents).",
     )
     reasoning: DatasetSpec = Field(
         default_factory=lambda: DatasetSpec(kind="huatuo", path="data/train/huatuogpt_o1_demo_195.json.xz")
@@ -327,18 +327,25 @@ class WarmupConfig(_Section):
     mcq: DatasetSpec = Field(
         default_factory=lambda: DatasetSpec(kind="headqa", path="data/train/headqa_en/train_HEAD_EN.json.xz")
     )
-    search: DatasetSpec = Field(
-        default_factory=lambda: DatasetSpec(kind="pubmedqa", path="data/train/pubmedqa_pqal_nontest500.jsonl.xz")
+    search: list[DatasetSpec] = Field(
+        default_factory=lambda: [
+            DatasetSpec(kind="pubmedqa", path="data/train/pubmedqa_pqal_nontest500.jsonl.xz"),
+            DatasetSpec(kind="headqa", path="data/train/headqa_en/train_HEAD_EN.json.xz"),
+        ],
+        min_length=1,
+        description="Search demonstrations come from these files, in equal numbers: yes/no research questions and "
+        "multiple-choice exams alike, so that the search prompt means searching whatever the question's kind.",
     )
 
     @model_validator(mode="after")
     def _not_eval(self) -> WarmupConfig:
-        if any(spec.kind == "mirage" for spec in (self.reasoning, self.mcq, self.search)):
+        if any(spec.kind == "mirage" for specs in self.specs().values() for spec in specs):
             raise ValueError("MIRAGE is an evaluation benchmark: never train on it (data/README.md)")
         return self
 
-    def specs(self) -> dict[str, DatasetSpec]:
-        return {"reasoning": self.reasoning, "mcq": self.mcq, "search": self.search}
+    def specs(self) -> dict[str, list[DatasetSpec]]:
+        """Each demonstration kind's training files."""
+        return {"reasoning": [self.reasoning], "mcq": [self.mcq], "search": list(self.search)}
 
 
 class RolloutConfig(_Section):
@@ -505,7 +512,7 @@ class Config(_Section):
                 "old_logprobs generator (or auto), whose ratio is taken against the policy that sampled"
             )
         eval_paths = {Path(spec.path).resolve() for spec in self.data.eval}
-        warm = [("stages.warmup", spec) for spec in self.stages.warmup.specs().values()]
+        warm = [("stages.warmup", spec) for specs in self.stages.warmup.specs().values() for spec in specs]
         train = warm + [
             (f"stages.{name}.train", spec) for name, stage in self.stages.ordered() for spec in stage.train
         ]

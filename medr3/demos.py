@@ -7,8 +7,9 @@ from. The warm start trains on demonstrations of three kinds, built from trainin
   naming the gold option, then the gold answer (HuatuoGPT's `Response` is not used: its first sentence names a
   wrong option, or none, far more often than the gold one);
 - mcq (HEAD-QA train): a one-line note that names the gold option (never a copy of the question), then the answer;
-- search (PubMedQA non-test): a lead-in and a ``<search>`` query, the documents our retriever returns inserted exactly
-  as the rollout inserts them (`protocol.documents_text`, mask 0), a quote of the evidence, then the gold decision.
+- search (PubMedQA non-test and HEAD-QA train by default): a lead-in and a ``<search>`` query, the documents our
+  retriever returns inserted exactly as the rollout inserts them (`protocol.documents_text`, mask 0), a quote of the
+  evidence, then the gold answer.
 
 Each demo is tokenised span by span and the ids concatenated, as a rollout appends them, so the learner trains on the
 ids a rollout would produce. A seeded hash of the question id keeps warm-up and RL questions disjoint.
@@ -23,7 +24,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from medr3.data import Question
+from medr3.config import WarmupConfig
+from medr3.data import Question, load_dataset
 from medr3.packing import TrainSample
 from medr3.protocol import ResponseBuilder, build_prompt, documents_text, strip_tags, truncate_document
 from medr3.rollout import RolloutSettings, SearchFn
@@ -91,6 +93,26 @@ class DemoReport:
     def summary(self) -> str:
         kinds = ", ".join(f"{k} {self.built.get(k, 0)}/{n}" for k, n in self.requested.items())
         return f"demos built (of requested): {kinds}; {len(self.skipped)} skipped"
+
+    def add(self, other: DemoReport) -> None:
+        """Count `other`'s demos in with these (one report for demos built from several files)."""
+        for kind, n in other.requested.items():
+            self.requested[kind] = self.requested.get(kind, 0) + n
+            self.built[kind] = self.built.get(kind, 0) + other.built.get(kind, 0)
+        self.skipped += other.skipped
+
+
+def demo_plan(warmup: WarmupConfig, seed: int) -> list[tuple[str, list[Question], int]]:
+    """`(kind, warm-up questions of one training file, demos to build from it)` for every kind with a share in
+    `warmup.mix`: a kind gets its share of `steps × batch_size`, split evenly over its files."""
+    total = warmup.steps * warmup.batch_size
+    plan = []
+    for kind, share in warmup.mix.items():
+        count, specs = round(total * share / sum(warmup.mix.values())), warmup.specs()[kind]
+        for i, spec in enumerate(specs if share else ()):
+            questions = split_warmup(load_dataset(spec)[0], seed, warmup.fraction)[0]
+            plan.append((kind, questions, count // len(specs) + (i < count % len(specs))))
+    return plan
 
 
 def build_demos(

@@ -207,20 +207,18 @@ class ProgressiveTrainer:
             self.timer = Timer()
 
     def build_demos(self) -> list:
-        from medr3.demos import build_demos, split_warmup
+        from medr3.demos import DemoReport, build_demos, demo_plan
         from medr3.rollout import RolloutSettings
 
         w, seed = self.config.stages.warmup, self.config.run.seed
-        total = w.steps * w.batch_size
-        counts = {kind: round(total * share / sum(w.mix.values())) for kind, share in w.mix.items() if share}
-        questions = {kind: split_warmup(load_dataset(w.specs()[kind])[0], seed, w.fraction)[0] for kind in counts}
-        demos = []
-        for kinds, budget in (({"reasoning", "mcq"}, w.reasoning_tokens), ({"search"}, None)):
+        demos, report = [], DemoReport()
+        for kind, questions, count in demo_plan(w, seed):
+            budget = None if kind == "search" else w.reasoning_tokens  # search demos carry documents
             settings = RolloutSettings.from_config(self.config, max_response_tokens=budget)
-            part = {k: n for k, n in counts.items() if k in kinds}
-            built, report = build_demos(self.tokenizer, questions, part, settings, self.search_fn())
-            print(f"[warmup] {report.summary()}", flush=True)
+            built, part = build_demos(self.tokenizer, {kind: questions}, {kind: count}, settings, self.search_fn())
             demos += built
+            report.add(part)
+        print(f"[warmup] {report.summary()}", flush=True)
         random.Random(f"{seed}/warmup").shuffle(demos)
         return demos
 

@@ -200,7 +200,7 @@ def test_every_relative_path_is_resolved_against_medr3_root(tmp_path, monkeypatc
     paths = [config.run.output_dir, config.model.path, config.model.tokenizer, config.data.corpus]
     paths += [config.retriever.index_path, config.reward.embedder, config.serve.checkpoint, config.data.eval[0].path]
     paths += [spec.path for _, stage in config.stages.ordered() for spec in stage.train]
-    paths += [spec.path for spec in config.stages.warmup.specs().values()]
+    paths += [spec.path for specs in config.stages.warmup.specs().values() for spec in specs]
     assert all(Path(p).is_relative_to(tmp_path) for p in paths), paths
     assert config.retriever.embedder == "minilm"  # a shipped encoder's name, not a path
 

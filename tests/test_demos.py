@@ -222,3 +222,25 @@ def test_a_search_that_finds_nothing_still_makes_a_well_formed_demo(tiny_tokeniz
     text = response_text(tiny_tokenizer, demos[0])
     assert check_format(text, search_allowed=True).ok and parse("<think>" + text).answer == "B. no"
     assert [ids for m, ids in runs(demos[0]) if m == 0] == [tiny_tokenizer("\n", add_special_tokens=False).input_ids]
+
+
+def test_the_plan_gives_each_kind_its_share_split_evenly_over_its_files():
+    from medr3.config import WarmupConfig
+    from medr3.demos import demo_plan
+
+    def spec(kind, path):
+        return {"kind": kind, "path": str(DATA / path)}
+
+    warmup = WarmupConfig(
+        steps=4,
+        batch_size=8,  # 32 demos: reasoning 8, mcq 12, search 12 = 6 + 6 from two files
+        mix={"reasoning": 0.25, "mcq": 0.375, "search": 0.375},
+        reasoning=spec("huatuo", "train/huatuogpt_o1_demo_195.json.xz"),
+        mcq=spec("headqa", "train/headqa_en/train_HEAD_EN.json.xz"),
+        search=[spec("pubmedqa", "train/pubmedqa_pqal_nontest500.jsonl.xz"),
+                spec("headqa", "train/headqa_en/train_HEAD_EN.json.xz")],  # fmt: skip
+    )
+    plan = demo_plan(warmup, seed=0)
+    assert [(kind, count) for kind, _, count in plan] == [("reasoning", 8), ("mcq", 12), ("search", 6), ("search", 6)]
+    assert {q.source for q in plan[2][1]} == {"pubmedqa"} and plan[3][1][0].source.startswith("headqa")
+    assert all(is_warmup(q.id, 0, warmup.fraction) for _, questions, _ in plan for q in questions)
