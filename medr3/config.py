@@ -73,7 +73,9 @@ class RunConfig(_Section):
         default_factory=lambda: ["mmlu", "pubmedqa"],
         description="Evaluation tasks of the before/after comparison (names from `pipelines/evaluate.py --tasks`).",
     )
-    final_eval_limit: int = Field(64, ge=1, description="A fixed seeded sample of N questions of each final-eval task.")
+    final_eval_limit: int = Field(
+        64, ge=1, description="A fixed seeded sample of N questions of each final-eval task."
+    )
 
 
 class ModelConfig(_Section):

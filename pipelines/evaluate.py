@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.6, help="The release's evaluation temperature.")
     p.add_argument("--top-p", type=float, default=0.9, help="The release's evaluation top-p.")
     p.add_argument("--max-response-tokens", type=int, help="Default: the config's grpo.max_response_tokens.")
-    p.add_argument("--limit", type=int, help="Evaluate a fixed seeded sample of N questions of each task (the same N gives the same questions).")
+    p.add_argument("--limit", type=int, help="A fixed seeded sample of N questions per task (same N, same questions).")
     p.add_argument("--chunk-size", type=int, default=64, help="Questions per generation call and per saved chunk.")
     p.add_argument("--data-dir", help="The bundled data folder (default: data/ of the project).")
     p.add_argument("--fresh", action="store_true", help="Discard partial results in --out and start over.")

@@ -375,9 +375,7 @@ class ProgressiveTrainer:
         )
         start = time.perf_counter()
         samples: list[dict] = []
-        per_question = evaluate_slice(
-            tasks, run.final_eval_limit, lambda qs, s: rollout.run(qs, 1, search=s), samples
-        )
+        per_question = evaluate_slice(tasks, run.final_eval_limit, lambda qs, s: rollout.run(qs, 1, search=s), samples)
         write_samples(self.out / "final_eval_samples.jsonl", key, samples)
         data = write_result(self.out / "final_eval.json", key, per_question, chance_level(tasks, run.final_eval_limit))
         averages = ", ".join(f"{mode} {data[key][mode]['average']:.1f}%" for mode in data[key])

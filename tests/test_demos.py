@@ -237,8 +237,10 @@ def test_the_plan_gives_each_kind_its_share_split_evenly_over_its_files():
         mix={"reasoning": 0.25, "mcq": 0.375, "search": 0.375},
         reasoning=spec("huatuo", "train/huatuogpt_o1_demo_195.json.xz"),
         mcq=spec("headqa", "train/headqa_en/train_HEAD_EN.json.xz"),
-        search=[spec("pubmedqa", "train/pubmedqa_pqal_nontest500.jsonl.xz"),
-                spec("headqa", "train/headqa_en/train_HEAD_EN.json.xz")],  # fmt: skip
+        search=[
+            spec("pubmedqa", "train/pubmedqa_pqal_nontest500.jsonl.xz"),
+            spec("headqa", "train/headqa_en/train_HEAD_EN.json.xz"),
+        ],  # fmt: skip
     )
     plan = demo_plan(warmup, seed=0)
     assert [(kind, count) for kind, _, count in plan] == [("reasoning", 8), ("mcq", 12), ("search", 6), ("search", 6)]
