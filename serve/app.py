@@ -12,6 +12,11 @@ SearchPool. Chat streams tokens as the engine makes them and serves `<search>` c
 /v1/answer collects concurrent requests with `@serve.batch` and runs them as one `medr3.rollout.Rollout` — the
 training code itself, so one batched search per turn for the whole batch — in a worker thread that hands generation
 back to the event loop.
+
+Served as trained: the protocol settings (documents per search, searches, response budget, document truncation)
+are the training run's, read from the run config saved with the checkpoint (`trained_config_path`), or from the run
+config given when the checkpoint has none; a `serve` key overrides one only when set explicitly. `/v1/models` lists
+what is in effect.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from uuid import uuid4
 
+import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
@@ -32,11 +40,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors import vllm_compat
 from actors.retriever import RetrievalError
+from medr3.checkpoint import META
 from medr3.config import Config, ConfigError, ServeConfig, load_config
 from medr3.data import Question
 from medr3.protocol import build_prompt
 from medr3.rollout import Rollout, RolloutSettings, Trajectory
-from serve.auth import key_matches, load_key, presented_key, require_key_for_host
+from serve.auth import InsecureBindError, key_matches, load_key, presented_key, require_key_for_host
 from serve.chat import ChatTurns, chat_prompt
 from serve.responses import answer_body, complete, sse
 from serve.schemas import AnswerRequest, ApiError, ChatRequest, Limits, parse_request
@@ -77,13 +86,29 @@ def _open_search(config: Config):
 
 
 def _proxy_host() -> str | None:
-    """The address Serve's HTTP proxy really binds (a Serve config file may set it), when it can be read."""
+    """The address Serve's HTTP proxy really binds (a Serve config file may set it), when Serve is running here."""
+    import ray
+
+    if not ray.is_initialized():  # asking Serve would start a Ray cluster
+        return None
     try:
         from ray.serve.context import _get_global_client  # private, but the only way to read the proxy's options
 
-        return _get_global_client().http_config.host
+        return _get_global_client(raise_if_no_controller_running=False).http_config.host
     except Exception:
         return None
+
+
+def protocol_in_effect(config: Config, model_path: str) -> dict:
+    """What /v1/models reports: the protocol settings served with, and the saved run config they came from."""
+    trained = trained_config_path(Path(model_path))
+    return {
+        "top_k": config.serve.top_k,
+        "max_searches": config.serve.max_searches,
+        "max_response_tokens": config.serve.max_tokens,
+        "max_document_tokens": config.rollout.max_document_tokens,
+        "trained_config": str(trained) if trained else None,
+    }
 
 
 # Serve pickles the deployment class by value when it is decorated, with the module globals it uses: everything
@@ -137,8 +162,8 @@ class MedR3Server:
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:
         self._authorize(request)
-        name = self.config.serve.model_name
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "medr3"}]}
+        model = {"id": self._model, "object": "model", "created": 0, "owned_by": "medr3"}
+        return {"object": "list", "data": [{**model, "protocol": protocol_in_effect(self.config, self.model_path)}]}
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
@@ -176,7 +201,7 @@ class MedR3Server:
         req: AnswerRequest = parse_request(AnswerRequest, await self._body(request), self.limits)
         searches = self.config.serve.max_searches if req.max_searches is None else req.max_searches
         searches = searches if self.search is not None else 0
-        question = Question(f"req-{uuid4().hex}", req.question, req.options or {}, None, "")
+        question = req.to_question(self.tokenizer)
         prompt = build_prompt(question, self.tokenizer, search=searches > 0, max_searches=searches)
         if len(self.tokenizer(prompt, add_special_tokens=False).input_ids) >= self.config.generator.max_model_len:
             raise ApiError(400, "question: too long for the model's context", "question", "context_length_exceeded")
@@ -276,10 +301,12 @@ def deployment_options(s: ServeConfig) -> dict:
 
 
 def load_serve_config(args: dict) -> tuple[Config, str]:
-    """The run config (`config`, default configs/default.yaml, with `set` overrides) and the model folder to serve
-    (`checkpoint`, else serve.checkpoint, else model.path). Raises ConfigError on a bad config or a missing model."""
+    """The run config (`config`, default configs/default.yaml, with `set` overrides) served as trained
+    (`as_trained`), and the model folder to serve (`checkpoint`, else serve.checkpoint, else model.path). Raises
+    ConfigError on a bad config or override, or a missing model."""
     overrides = args.get("set") or []
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    _check_yaml(overrides)
     # Serve may build the app in a worker whose directory is not the repo: resolve relative paths against the repo.
     os.environ.setdefault("MEDR3_ROOT", str(ROOT))
     config_path = Path(args.get("config") or "configs/default.yaml")
@@ -288,24 +315,92 @@ def load_serve_config(args: dict) -> tuple[Config, str]:
     model_path = model_path if model_path.is_absolute() else Path(os.environ["MEDR3_ROOT"]) / model_path
     if not (model_path / "config.json").is_file():
         raise ConfigError(f"checkpoint {model_path}: not an HF model folder (no config.json)")
-    return config, str(model_path)
+    trained = trained_config_path(model_path)
+    return as_trained(config, load_config(trained) if trained else config), str(model_path)
+
+
+def _check_yaml(overrides: list[str]) -> None:
+    # load_config parses each value as YAML and lets a parse error through as a traceback: say which key, in a line.
+    for item in overrides:
+        key, _, value = item.partition("=")
+        try:
+            yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ConfigError(f"--set {key.strip()}: {value!r} is not valid YAML ({problem}); quote it") from None
+
+
+# A serve key -> the training run's (section, key) it defaults to.
+TRAINED = {
+    "top_k": ("retriever", "top_k"),
+    "max_searches": ("rollout", "max_searches"),
+    "max_tokens": ("grpo", "max_response_tokens"),
+}
+
+
+def trained_config_path(model_path: Path) -> Path | None:
+    """The run config a checkpoint's model was trained with: `config.yaml` in its checkpoint folder
+    (`step-N/config.yaml` beside `step-N/hf`), else in its run folder (`runs/<run>/config.yaml`); None if neither."""
+    step = model_path.parent
+    candidates = [step / "config.yaml"] if (step / META).is_file() else []
+    if step.parent.name == "checkpoints":
+        candidates.append(step.parent.parent / "config.yaml")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def as_trained(config: Config, trained: Config) -> Config:
+    """`config` with the protocol of the training run `trained`: documents per search, searches and the response
+    budget unless the `serve` section sets them explicitly, and the documents' truncation."""
+    s = config.serve
+    update = {key: getattr(getattr(trained, section), name) for key, (section, name) in TRAINED.items()}
+    update = {key: value for key, value in update.items() if key not in s.model_fields_set}
+    rollout = config.rollout.model_copy(update={"max_document_tokens": trained.rollout.max_document_tokens})
+    return config.model_copy(update={"serve": s.model_copy(update=update), "rollout": rollout})
 
 
 def build_app(args: dict) -> serve.Application:
-    """Serve's application builder (`serve run serve.app:build_app config=… checkpoint=…`)."""
+    """Serve's application builder (`serve run serve.app:build_app config=… checkpoint=…`, or a Serve config file)."""
     config, model_path = load_serve_config(args)
     return _application(config, model_path)
 
 
 def _application(config: Config, model_path: str) -> serve.Application:
     s = config.serve
-    require_key_for_host(s.host, load_key(s.api_key_env), s.api_key_env)  # fail before anything loads
+    try:  # fail before anything loads; under a Serve config file the proxy's own host counts too
+        for host in {s.host, _proxy_host() or s.host}:
+            require_key_for_host(host, load_key(s.api_key_env), s.api_key_env)
+    except InsecureBindError as err:
+        _stop_serve_run(f"[serve] error: {err}")
+        raise
     return MedR3Server.options(**deployment_options(s)).bind(config, model_path)
+
+
+def _stop_serve_run(message: str) -> None:
+    """`serve run <config file>` builds the app in a Ray task, then only sleeps: it never reads the app's status
+    (ray/serve/scripts.py), so a refusal here would leave it up behind a 503. When this is that build task and its
+    driver is a `serve run` on this node, write `message` to the driver's stderr and SIGTERM it: Ray's driver handler
+    exits with status 15. Anything else (`python -m serve.app`, `serve deploy`, a test) just sees the exception."""
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return
+    try:
+        from ray._private.state import jobs  # private: the only record of a job's driver process
+
+        job, here = ray.get_runtime_context().get_job_id(), ray.util.get_node_ip_address()
+        pid = next(j["DriverPid"] for j in jobs() if j["JobID"] == job and j["DriverIPAddress"] == here)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if not any(a.endswith(b"serve") for a in argv) or b"run" not in argv:
+            return
+        with open(f"/proc/{pid}/fd/2", "a", encoding="utf-8") as stderr:
+            stderr.write(message + "\n")
+        os.kill(pid, signal.SIGTERM)
+    except Exception as err:  # another node, another OS, no such driver: the app's status still says why
+        log.warning("could not stop the serve run process: %s", err)
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(description="Serve a Med-R³ policy over HTTP (blocks until interrupted).")
     parser.add_argument("--config", default=str(ROOT / "configs/default.yaml"))

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from medr3.data import Question
 from medr3.rollout import Completion, Trajectory
 from serve.auth import InsecureBindError, is_loopback, presented_key
-from serve.chat import ChatTurns
+from serve.chat import ChatTurns, chat_prompt
+from serve.schemas import MAX_SEED
+from tests.test_serve_inputs import ANSWER_BODIES, CHAT_BODIES, FORGED_TURN
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "MEDR3_TEST_SERVE_KEY"  # never set in the driver: the auth-off app runs without a key
@@ -69,6 +77,21 @@ CHAT = {"model": "medr3", "messages": [{"role": "user", "content": "What prevent
 # --- without Ray: the pieces the endpoint is built from
 
 
+def test_serve_run_with_an_exposed_host_and_no_key_exits_with_the_refusal(tmp_path, serve_args):
+    """`serve run <config file>` builds the app in a Ray task and would otherwise stay up behind a 503."""
+    app = {"name": "medr3", "route_prefix": "/", "import_path": "serve.app:build_app", "args": serve_args}
+    config = {"proxy_location": "HeadOnly", "http_options": {"host": "0.0.0.0", "port": _free_port()}}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump({**config, "applications": [app]}))
+    env = {k: v for k, v in os.environ.items() if k != KEY_ENV} | {"RAY_ADDRESS": "local"}  # its own cluster
+    command = [str(Path(sys.executable).parent / "serve"), "run", str(tmp_path / "serve.yaml")]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert (
+        f"[serve] error: refusing to serve on '0.0.0.0' without an API key: set the environment variable {KEY_ENV}"
+        in done.stderr
+    )
+
+
 def test_a_non_loopback_bind_without_a_key_refuses_to_start(serve_args, monkeypatch):
     from serve.app import build_app
 
@@ -114,6 +137,8 @@ def test_chat_serves_a_search_between_turns_with_document_tags_stripped(tiny_tok
         len(tiny_tokenizer(t).input_ids)
         for t in ["so <search>fever care</search>", " done</think><answer>rest</answer>"]
     )
+    inserted = "".join(p.text for p in pieces if p.inserted)  # what usage counts as retrieved_tokens
+    assert sum(p.inserted for p in pieces) == len(tiny_tokenizer(inserted).input_ids) > 0 and "<document>" in inserted
 
 
 def test_answer_body_gives_letter_reasoning_and_tag_free_snippets():
@@ -140,13 +165,68 @@ def test_answer_body_gives_letter_reasoning_and_tag_free_snippets():
     assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "retrieved_tokens": 1, "total_tokens": 5}
 
 
+STEROID = {"A": "Intravenous methylprednisolone", "B": "Diphenhydramine", "C": "Plasma exchange"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "letter"),
+    [
+        ("B. Intravenous methylprednisolone", None),  # the issue's: B's letter, A's text — neither is trusted
+        ("B. Diphenhydramine", "B"),
+        ("Intravenous methylprednisolone", "A"),
+        ("B", "B"),
+    ],
+)
+def test_answer_letter_comes_from_the_rewards_matcher(answer, letter):
+    from medr3.protocol import is_correct
+    from serve.responses import answer_body
+
+    q = Question("q", "Optic neuritis: which speeds recovery?", STEROID, None, "")
+    traj = Trajectory(q, 0, [1], [5], [1], [0.0], [], text=f"Think.</think><answer>{answer}</answer>")
+    assert answer_body(traj, 40, 1.0)["answer_letter"] == letter
+    gold = Question("q", q.question, STEROID, letter or "A", "")
+    assert is_correct(answer, gold) is (letter is not None)  # the reward gives credit exactly where serving names one
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Check. <search>optic neuritis</search>\n<document>(1) Optic neuritis is trea",  # cut inside a document
+        "Check. <search>optic neuri",  # cut inside a query
+        "Check. <document>",  # the model began a document itself
+        "Check. </thi",  # cut inside a tag
+    ],
+)
+def test_reasoning_never_ends_inside_a_tag(text):
+    from serve.responses import answer_body
+
+    q = Question("q", "Which?", STEROID, None, "")
+    traj = Trajectory(q, 0, [1], [5], [1], [0.0], [], text=text, finish_reason="length")
+    assert answer_body(traj, 40, 1.0)["reasoning"] == "Check."
+
+
 # --- over HTTP
 
 
-def test_health_and_models(base_url):
+def test_health_and_models_with_the_protocol_in_effect(base_url):
     assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok", "model": "medr3", "retrieval": True}
     models = httpx.get(f"{base_url}/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["medr3"]
+    # serve.top_k, max_searches and max_tokens are set explicitly (_overrides); truncation is tiny.yaml's rollout's
+    assert models["data"][0]["protocol"] == {
+        "top_k": 2,
+        "max_searches": 2,
+        "max_response_tokens": 48,
+        "max_document_tokens": 32,
+        "trained_config": None,
+    }
+
+
+def test_a_forged_turn_in_a_message_reaches_the_model_as_plain_text(base_url, tiny_tokenizer):
+    messages = [{"role": "user", "content": FORGED_TURN}]
+    body = httpx.post(f"{base_url}/v1/chat/completions", json={**CHAT, "messages": messages}, timeout=60).json()
+    expected, _ = chat_prompt(tiny_tokenizer, messages, continue_final=False)
+    assert body["usage"]["prompt_tokens"] == len(expected)
 
 
 def test_chat_completion_has_the_openai_shape(base_url):
@@ -196,17 +276,21 @@ def test_answer_returns_answer_reasoning_searches_usage_and_latency(base_url):
     assert open_question.status_code == 200 and open_question.json()["searches"] == []
 
 
-def test_a_search_the_model_writes_is_served_from_the_index_with_tags_stripped(base_url):
+def test_a_search_the_model_writes_is_served_from_the_index_with_tags_stripped(base_url, tiny_tokenizer):
     prefill = f"<think>I should look this up. <search>{TAGGED_QUERY}</search>"
     request = {
         **CHAT,
         "messages": [*CHAT["messages"], {"role": "assistant", "content": prefill}],
         "continue_final_message": True,
     }
-    content = httpx.post(f"{base_url}/v1/chat/completions", json=request, timeout=60).json()["choices"][0]["message"]
+    body = httpx.post(f"{base_url}/v1/chat/completions", json=request, timeout=60).json()
+    content = body["choices"][0]["message"]
     documents = content["content"].split("</document>\n")[0]
     assert documents.startswith("\n<document>(1) ") and "Zymoglossal fever" in content["content"]
     assert "<search>is cured" not in content["content"] and "<answer>tags" not in content["content"]
+    usage = body["usage"]  # the documents the model read are counted, apart from what it generated
+    assert usage["retrieved_tokens"] >= len(tiny_tokenizer(documents).input_ids)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] + usage["retrieved_tokens"]
 
 
 BAD = [
@@ -232,6 +316,10 @@ BAD = [
     ("chat", {**CHAT, "stream": "yes"}, 400, "stream"),
     ("chat", {**CHAT, "stop": ["\n"]}, 400, "stop"),
     ("chat", {**CHAT, "continue_final_message": True}, 400, "continue_final_message"),
+    ("chat", {**CHAT, "seed": 18446744073709551616}, 400, "seed"),  # was a 500 from inside the engine
+    ("chat", {**CHAT, "seed": -1}, 400, "seed"),
+    ("chat", {**CHAT, "seed": MAX_SEED, "stream": True}, 400, "seed"),  # refused before the stream's 200
+    ("chat", {**CHAT, "seed": MAX_SEED - 3, "n": 3}, 400, "seed"),  # choice 2's last turn would overflow
     ("chat", b"x" * 100_000, 413, "body"),
     ("answer", {}, 400, "question"),
     ("answer", {"question": ""}, 400, "question"),
@@ -255,6 +343,27 @@ def test_bad_input_gets_a_4xx_naming_the_field(base_url, route, body, status, fi
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["param"] == field and field in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_the_largest_seed_is_served(base_url):
+    request = {**CHAT, "seed": MAX_SEED - 2 - 1, "n": 2}  # seed + choice + search turn (max_searches 2) fits
+    r = httpx.post(f"{base_url}/v1/chat/completions", json=request, timeout=60)
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2
+
+
+ROUTE_BODIES = st.one_of(
+    CHAT_BODIES.map(lambda body: ("/v1/chat/completions", body)), ANSWER_BODIES.map(lambda body: ("/v1/answer", body))
+)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(ROUTE_BODIES)
+def test_fuzzed_requests_of_both_routes_never_get_a_5xx(base_url, route_body):
+    path, body = route_body
+    with httpx.stream("POST", f"{base_url}{path}", content=json.dumps(body), timeout=120) as r:
+        text = r.read().decode()
+    assert r.status_code < 500, text
+    assert "server_error" not in text  # nor an error event inside a 200 stream
 
 
 def test_unknown_routes_and_methods_get_json_errors(base_url):
