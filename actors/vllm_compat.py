@@ -6,6 +6,7 @@ not pay for it.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -27,6 +28,7 @@ class WeightSyncExtension:
             from safetensors.torch import load
 
             state = load(bytes(state))
+        quiet_rotary_reload_warning()
         self.model_runner.reload_weights(weights_iterator=iter(state.items()))
         return len(state)
 
@@ -46,8 +48,29 @@ class WeightSyncExtension:
                 self._medr3_group.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
                 yield name, tensor
 
+        quiet_rotary_reload_warning()
         self.model_runner.reload_weights(weights_iterator=received())
         return len(specs)
+
+
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+def quiet_rotary_reload_warning() -> None:
+    """Drop vLLM's "RotaryEmbedding: Failed to load weights", logged at every in-place reload, and nothing else.
+
+    The reload counts a rotary embedding's `cos_sin_cache` buffer among the tensors its layer must receive, but no
+    state dict carries it: it is computed from rope_theta when the engine starts and never trained. Having received
+    nothing for that layer, vLLM warns and puts the unchanged cache back (`finalize_layerwise_processing` in
+    vllm/model_executor/model_loader/reload/layerwise.py; called harmless in NovaSky-AI/SkyRL#1571).
+    tests/test_generator.py checks that the engine's outputs after a reload match transformers' on the same weights.
+    """
+    logging.getLogger(RELOAD_LOGGER).addFilter(_keep_unless_rotary_not_loaded)  # addFilter ignores a repeat
+
+
+def _keep_unless_rotary_not_loaded(record: logging.LogRecord) -> bool:
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (record.msg == "%s: Failed to load weights" and args and str(args[0]).endswith("RotaryEmbedding"))
 
 
 def nccl_group(host: str, port: int, rank: int, world_size: int, device):

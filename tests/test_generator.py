@@ -56,6 +56,27 @@ def test_after_update_weights_greedy_output_equals_transformers(tiny_pool, tiny_
     assert after.token_ids == hf_greedy(tiny_model_dir, state, ids, len(after.token_ids))
 
 
+def test_only_vllm_s_rotary_cache_reload_warning_is_dropped():
+    """At every in-place reload vLLM warns "RotaryEmbedding: Failed to load weights": the rotary cache is computed at
+    engine start and in no state dict, so vLLM keeps it (vllm_compat.quiet_rotary_reload_warning). That message goes;
+    the same warning about a layer with weights stays. The test above shows a reloaded engine still matches
+    transformers on the same weights."""
+    import logging
+
+    from actors import vllm_compat
+
+    vllm_compat.quiet_rotary_reload_warning()
+    logger = logging.getLogger(vllm_compat.RELOAD_LOGGER)
+
+    def shown(layer: str) -> bool:
+        record = logger.makeRecord(logger.name, logging.WARNING, "layerwise.py", 266, "%s: Failed to load weights",
+                                   (layer,), None)  # fmt: skip
+        return bool(logger.filter(record))
+
+    assert not shown("RotaryEmbedding") and not shown("Llama3RotaryEmbedding")
+    assert shown("QKVParallelLinear") and shown("VocabParallelEmbedding")
+
+
 def test_a_stale_weights_version_is_refused(tiny_pool, tiny_model_dir):
     state = perturbed_state(tiny_model_dir, seed=0)
     with pytest.raises(ray.exceptions.RayTaskError, match="not newer"):
