@@ -13,7 +13,7 @@ import ray
 import torch
 
 from actors import vllm_compat
-from actors.cluster import cpu_actor_env
+from actors.cluster import actor_env
 from medr3.config import Config
 from medr3.retry import retry
 from medr3.rollout import Completion, GenRequest
@@ -86,14 +86,13 @@ class GeneratorPool:
     def __init__(self, config: Config, actor_options: list[dict] | None = None, recover_timeout_s: float = 300.0):
         g = config.generator
         options = actor_options or [{} for _ in range(g.replicas)]
-        env = cpu_actor_env(g.cpu_threads)
         self.actors = [
             GeneratorActor.options(
                 num_cpus=g.num_cpus,
                 num_gpus=g.num_gpus,
                 resources=g.resources,
                 max_restarts=3,
-                runtime_env=env,
+                runtime_env=actor_env(f"generator-{i}", g.cpu_threads),
                 **opts,
             ).remote(config, i)
             for i, opts in enumerate(options)

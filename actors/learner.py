@@ -21,7 +21,7 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors import deepspeed_compat as dsc
-from actors.cluster import cpu_actor_env
+from actors.cluster import actor_env
 from medr3.config import Config
 from medr3.grpo import LossSettings, kl_k3, policy_loss_terms
 from medr3.packing import TrainSample, collate, pack
@@ -352,12 +352,11 @@ class LearnerGroup:
         bundle = {"CPU": lcfg.num_cpus} | ({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {}) | lcfg.resources
         self.pg = placement_group(bundles or [bundle] * self.world_size, strategy=strategy)
         ray.get(self.pg.ready())
-        env = cpu_actor_env(lcfg.cpu_threads)
         self.ranks = [
             LearnerActor.options(
                 num_cpus=lcfg.num_cpus,
                 num_gpus=lcfg.num_gpus,
-                runtime_env=env,
+                runtime_env=actor_env(f"learner-{r}", lcfg.cpu_threads),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
             ).remote(config, r, self.world_size)
             for r in range(self.world_size)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from actors.cluster import actor_env
 from medr3.config import RetrieverConfig
 from medr3.retry import retry
 
@@ -52,14 +53,17 @@ class SearchPool:
 
     def __init__(self, config: RetrieverConfig, startup_timeout_s: float = 120.0):
         self.config = config
-        actor = SearchActor.options(
-            num_cpus=config.num_cpus,
-            num_gpus=config.num_gpus,
-            resources=config.resources,
-            max_concurrency=config.max_concurrency,
-            max_restarts=-1,  # a replica that dies comes back; the pool retries its calls elsewhere meanwhile
-        )
-        self._replicas = [actor.remote(config.model_dump()) for _ in range(config.replicas)]
+        self._replicas = [
+            SearchActor.options(
+                num_cpus=config.num_cpus,
+                num_gpus=config.num_gpus,
+                resources=config.resources,
+                max_concurrency=config.max_concurrency,
+                max_restarts=-1,  # a replica that dies comes back; the pool retries its calls elsewhere meanwhile
+                runtime_env=actor_env(f"search-{i}"),
+            ).remote(config.model_dump())
+            for i in range(config.replicas)
+        ]
         self._next = itertools.cycle(range(len(self._replicas)))
         try:
             # Loading the embedder (torch import) takes seconds; the store check itself is bounded by timeout_s.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import ray
 
+from actors.cluster import actor_env
 from medr3.config import RewardComposition, RewardConfig
 from medr3.rewards.inputs import RewardInput
 from medr3.rewards.scorer import BatchScores, RewardScorer
@@ -26,7 +27,10 @@ def create_reward_actors(config: RewardConfig, corpus: str | Path) -> list:
     """`config.replicas` RewardActors, each reserving `config.num_cpus` / `config.num_gpus`."""
     options = {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus, "resources": config.resources}
     corpus = str(Path(corpus).resolve())  # an actor's working directory need not be the driver's
-    return [RewardActor.options(**options).remote(config, corpus) for _ in range(config.replicas)]
+    return [
+        RewardActor.options(**options, runtime_env=actor_env(f"reward-{i}")).remote(config, corpus)
+        for i in range(config.replicas)
+    ]
 
 
 def score_batch(actors: list, batch: list[RewardInput], composition: RewardComposition) -> BatchScores:

@@ -556,6 +556,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return config
 
 
+def dump_config(config: Config, note: str = "") -> str:
+    """YAML of every setting of `config` (defaults, overrides, absolute paths) that `load_config` reads back into an
+    equal config; `note` goes on top as a comment. The `serve` section keeps only its keys set explicitly: an unset
+    serve key takes the training run's value when served (serve/app.py `as_trained`)."""
+    data = config.model_dump(mode="json") | {"serve": config.serve.model_dump(mode="json", exclude_unset=True)}
+    comment = "".join(f"# {line}\n" for line in note.splitlines())
+    return comment + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
 def resolve_paths(config: Config, base: Path) -> None:
     """Make every relative path absolute against `base` (MEDR3_ROOT, else the working directory), so actors whose
     working directory differs from the driver's, and `ray job submit` jobs whose upload excludes artefacts, find

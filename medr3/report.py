@@ -4,9 +4,11 @@ evaluated before and after, `final_eval.json`."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from medr3.config import STAGE_NAMES
+from medr3.console import short_path
 from medr3.final_eval import MODES
 from medr3.final_eval import markdown as final_eval_markdown
 from medr3.run_log import read_metrics
@@ -24,7 +26,8 @@ CURVES = (
 )
 
 
-def write_report(out_dir: str | Path) -> tuple[Path, Path]:
+def write_report(out_dir: str | Path, readme: str = "") -> tuple[Path, Path]:
+    """`report.png` and `summary.md` (under `readme`, see `run_readme`) in `out_dir`."""
     out_dir = Path(out_dir)
     records = read_metrics(out_dir / "metrics.jsonl")
     evaluation = out_dir / "final_eval.json"
@@ -32,8 +35,29 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     png = out_dir / "report.png"
     _plot(records, final, png)
     md = out_dir / "summary.md"
-    md.write_text(_summary(records) + final_eval_markdown(final), encoding="utf-8")
+    top = readme + "\n\n" if readme else ""
+    md.write_text(top + _summary(records) + final_eval_markdown(final), encoding="utf-8")
     return png, md
+
+
+def run_readme(out_dir: str | Path, checkpoint: str | Path | None, root: str | Path, python: str) -> str:
+    """The top of `summary.md`: the commands, run from `root` (the repository) with `python`, that resume this run
+    from its `config.yaml` and evaluate and serve its last `checkpoint` (a `step-N` folder)."""
+    out, py = Path(out_dir), short_path(python, root)
+    config = short_path(out / "config.yaml", root)
+    lines = [
+        f"README (run from `{os.path.abspath(root)}`):",
+        f"- resume: `{py} pipelines/progressive.py --config {config}`",
+    ]
+    if checkpoint:
+        hf = short_path(Path(checkpoint) / "hf", root)
+        evaluation = short_path(out / "eval", root)
+        lines += [
+            f"- evaluate {Path(checkpoint).name}: `{py} pipelines/evaluate.py --config {config} --model {hf} "
+            f"--out {evaluation}`",
+            f"- serve it: `{py} -m serve.app --config {config} --checkpoint {hf}`",
+        ]
+    return "\n".join(lines)
 
 
 def _plot(records: list[dict], final: dict, path: Path) -> None:

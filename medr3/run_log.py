@@ -1,5 +1,5 @@
-"""The run log: step metrics to `metrics.jsonl`, TensorBoard and a one-line progress report (Ray metrics live in
-actors/ray_metrics.py).
+"""The run log: step metrics to `metrics.jsonl`, TensorBoard and a one-line progress report with ETAs (Ray metrics
+live in actors/ray_metrics.py).
 
 On resume, lines and events past the last checkpoint are dropped, so a redone step is never counted twice.
 """
@@ -58,17 +58,55 @@ def read_metrics(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def progress_line(r: dict) -> str:
+class StepClock:
+    """Seconds per step so far, per stage, for the progress line's ETAs. A stage that has not run yet is estimated
+    from the mean over the GRPO steps run so far (the warm start's supervised steps are much shorter); the warm start
+    has no estimate until its first step."""
+
+    def __init__(self):
+        self.times: dict[str, list[float]] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.times.setdefault(stage, []).append(seconds)
+
+    def per_step(self, stage: str) -> float | None:
+        own = self.times.get(stage)
+        if not own and stage != "warmup":
+            own = [t for s, ts in self.times.items() if s != "warmup" for t in ts]
+        return sum(own) / len(own) if own else None
+
+    def remaining(self, steps_left: dict[str, int], extra_s: float = 0.0) -> float | None:
+        """Seconds for `steps_left[stage]` more steps of each stage, plus `extra_s`; None while a stage with steps
+        left has no estimate."""
+        total = extra_s
+        for stage, steps in steps_left.items():
+            if steps > 0:
+                per_step = self.per_step(stage)
+                if per_step is None:
+                    return None
+                total += steps * per_step
+        return total
+
+
+def duration(seconds: float | None) -> str:
+    """`1:02:03`, `2:03`; `?` when unknown."""
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_line(r: dict, stage_steps: int, eta_stage: float | None = None, eta_job: float | None = None) -> str:
+    """One console line per step: where the job is, the step's main metrics, its time and the ETAs."""
+    where = f"[{r['stage']:9s} {r['stage_step']:3d}/{stage_steps:<3d} | step {r['global_step']:4d}]"
     if r["stage"] == "warmup":  # supervised: no rollout, no reward
-        return (
-            f"[{r['stage']:9s} {r['stage_step']:3d} | step {r['global_step']:4d}] "
-            f"sft loss {r.get('train/loss', 0):.4f}  {r.get('train/tokens_per_s', 0):5.0f} tokens/s  "
-            f"{r.get('timing/step', 0):5.1f}s"
+        what = f"sft loss {r.get('train/loss', 0):.4f}  {r.get('train/tokens_per_s', 0):5.0f} tokens/s"
+    else:
+        what = (
+            f"reward {r.get('reward/total', 0):+.3f}  acc {r.get('rollout/accuracy', 0):.2f}  "
+            f"format {r.get('rollout/format_rate', 0):.2f}  search {r.get('rollout/searches_per_traj', 0):.2f}  "
+            f"loss {r.get('train/loss', 0):+.4f}"
         )
-    return (
-        f"[{r['stage']:9s} {r['stage_step']:3d} | step {r['global_step']:4d}] "
-        f"reward {r.get('reward/total', 0):+.3f}  acc {r.get('rollout/accuracy', 0):.2f}  "
-        f"format {r.get('rollout/format_rate', 0):.2f}  search {r.get('rollout/searches_per_traj', 0):.2f}  "
-        f"len {r.get('rollout/response_tokens', 0):5.1f}  loss {r.get('train/loss', 0):+.4f}  "
-        f"{r.get('timing/step', 0):5.1f}s"
-    )
+    when = f"{r.get('timing/step', 0):5.1f} s/step  ETA stage {duration(eta_stage)}  job {duration(eta_job)}"
+    return f"{where} {what} | {when}"

@@ -7,13 +7,15 @@ retrieval (chain of thought, the no-search prompt) and retrieval-augmented (the 
 Sampling is the release's evaluation setting (temperature 0.6, top-p 0.9); with --n > 1 a question scores by majority
 vote over its samples or by the mean of their correctness. Writes `report.json` and `report.md` (per task and
 average: accuracy, format rate, searches per question) into --out. Rerunning the same command resumes: questions
-already recorded in `partial.json` are skipped, and a finished evaluation only rebuilds its report.
+already recorded in `partial.json` are skipped, and a finished evaluation only rebuilds its report. Engine and
+library logs go to `<out>/logs/` (`--verbose` shows them live instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from medr3.atomic import write_text_atomic  # noqa: E402
 from medr3.config import Config, ConfigError, load_config, missing_inputs  # noqa: E402
+from medr3.console import console, say, send_logs_to  # noqa: E402
 from medr3.evaluation import (  # noqa: E402
     AGGREGATES,
     MODES,
@@ -39,6 +42,7 @@ from medr3.evaluation import (  # noqa: E402
 from medr3.retrieval.manifest import IndexNotReadyError, check_index  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=64, help="Questions per generation call and per saved chunk.")
     p.add_argument("--data-dir", help="The bundled data folder (default: data/ of the project).")
     p.add_argument("--fresh", action="store_true", help="Discard partial results in --out and start over.")
+    p.add_argument("--verbose", action="store_true", help="Show engine and library logs live on the console.")
     args = p.parse_args(argv)
     if args.n < 1 or args.chunk_size < 1 or (args.limit is not None and args.limit < 1):
         p.error("--n, --chunk-size and --limit must be >= 1")
@@ -130,8 +135,11 @@ class Evaluator:
             self.search.shutdown()
 
 
-def evaluate(config: Config, args: argparse.Namespace, tasks: list[EvalTask], partial: PartialResults) -> dict:
-    """Generate what `partial` lacks (starting actors only if something does); returns `records[mode][task]`."""
+def evaluate(
+    config: Config, args: argparse.Namespace, tasks: list[EvalTask], partial: PartialResults, logs: Path
+) -> dict:
+    """Generate what `partial` lacks (starting actors only if something does, their logs in `logs`); returns
+    `records[mode][task]`."""
     from tqdm import tqdm
 
     questions = {t.name: load_task(t, args.limit) for t in tasks}
@@ -142,15 +150,15 @@ def evaluate(config: Config, args: argparse.Namespace, tasks: list[EvalTask], pa
         for chunk in pending_chunks(questions[t.name], partial.done(mode, t.name), args.chunk_size)
     )
     if not todo:
-        print("[eval] every question is already recorded: rebuilding the report", flush=True)
+        say("[eval] every question is already recorded: rebuilding the report")
         return {m: {t.name: partial.records(m, t.name, questions[t.name]) for t in tasks} for m in args.modes}
     from actors.cluster import init_ray
 
-    init_ray()
+    init_ray(logs, args.verbose)
     evaluator = Evaluator(config, args, search="rag" in args.modes)
     records: dict[str, dict[str, list[dict]]] = {}
     try:
-        with tqdm(total=todo, unit="question", desc="eval", file=sys.stderr) as bar:
+        with tqdm(total=todo, unit="question", desc="eval", file=console(err=True)) as bar:
             for mode in args.modes:
                 for t in tasks:
                     bar.set_postfix_str(f"{mode}/{t.name}")
@@ -168,42 +176,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.set)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}", err=True)
         return 2
     use_model(config, args.model)
     available = eval_tasks(Path(args.data_dir) if args.data_dir else base / "data")
     unknown = sorted(set(args.tasks or []) - set(available))
     if unknown:
-        print(f"error: unknown task(s) {unknown} (known: {list(available)})", file=sys.stderr)
+        say(f"error: unknown task(s) {unknown} (known: {list(available)})", err=True)
         return 2
     tasks = [available[name] for name in (args.tasks or available)]
     missing = missing_eval_inputs(config, tasks, args.modes)
     if missing:
-        print("error: inputs missing (run ./setup.sh to build models and index):\n  " + "\n  ".join(missing),
-              file=sys.stderr)  # fmt: skip
+        say("error: inputs missing (run ./setup.sh to build models and index):\n  " + "\n  ".join(missing), err=True)
         return 2
     try:
         if "rag" in args.modes:
             check_index(config.retriever)  # before any actor starts, for the server backend too
     except IndexNotReadyError as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}", err=True)
         return 2
     out = Path(args.out) if args.out else base / "runs/eval" / Path(config.model.path).name
     settings = settings_of(args, config)
+    log_file = send_logs_to(out / "logs", "evaluate", args.verbose)
     try:
         partial = PartialResults(out / "partial.json", settings, fresh=args.fresh)
-        records = evaluate(config, args, tasks, partial)
-    except (EvaluationError, RuntimeError) as err:  # settings mismatch, an actor that cannot start, ...
-        print(f"error: {err}", file=sys.stderr)
+        records = evaluate(config, args, tasks, partial, out / "logs")
+    except Exception as err:  # settings mismatch, an actor that cannot start, a crash
+        log.exception("the evaluation failed")
+        say(f"error: {err}" + ("" if isinstance(err, EvaluationError) else f"\n  (traceback in {log_file})"), err=True)
         return 1
     report = build_report(records, {t.name: t for t in tasks}, {**settings, "aggregate": args.aggregate})
     table = markdown(report)
     write_text_atomic(out / "report.json", json.dumps(report, indent=1))
     write_text_atomic(out / "report.md", table)
-    print(table, flush=True)
+    say(table)
     if report["oracle_caveat"]:
-        print(f"[caveat] {report['oracle_caveat']}", flush=True)
-    print(f"[eval] wrote {out / 'report.json'} and {out / 'report.md'}", flush=True)
+        say(f"[caveat] {report['oracle_caveat']}")
+    say(f"[eval] wrote {out / 'report.json'} and {out / 'report.md'}")
     return 0
 
 

@@ -1,10 +1,12 @@
 """Med-R³'s main job: the three progressive stages — reasoning → retrieval → joint — in one Ray job.
 
-    python pipelines/progressive.py --config configs/default.yaml [--set key=value ...] [--fresh]
+    python pipelines/progressive.py --config configs/default.yaml [--set key=value ...] [--fresh] [--verbose]
     ray job submit --working-dir . -- python pipelines/progressive.py --config configs/default.yaml
 
 Each step reads top to bottom: generate (with retrieval) → reward → advantage → train → sync → checkpoint → log.
 Rerunning with the same output directory resumes from the last checkpoint: same stage, next step, same data order.
+The console shows a header, one line per step with ETAs, transitions and results; engine and library logs go to
+`<output_dir>/logs/` (`--verbose` shows them live instead).
 """
 
 from __future__ import annotations
@@ -33,16 +35,20 @@ from medr3.config import (  # noqa: E402
     Config,
     ConfigError,
     StageConfig,
+    dump_config,
     load_config,
     missing_paths,
     needs_search,
 )
+from medr3.console import say, send_logs_to  # noqa: E402
 from medr3.data import load_dataset  # noqa: E402
 from medr3.retrieval.manifest import IndexNotReadyError, check_index  # noqa: E402
 
 WARMUP = "warmup"
 ALL_STAGES = (WARMUP, *STAGE_NAMES)  # the position's stage_index counts in this order
 EVAL_TEMPERATURE, EVAL_TOP_P = 0.6, 0.9  # the release's evaluation sampling (docs/method.md)
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
 class Timer:
@@ -100,7 +106,7 @@ class ProgressiveTrainer:
         from transformers import AutoTokenizer
 
         from medr3.checkpoint import CheckpointDir
-        from medr3.run_log import MetricsLog
+        from medr3.run_log import MetricsLog, StepClock, read_metrics
 
         self.config = config
         self.out = Path(config.run.output_dir)
@@ -108,9 +114,12 @@ class ProgressiveTrainer:
         if fresh:
             moved = self.ckpts.set_aside()
             if moved:
-                print(f"[fresh] earlier checkpoints moved to {moved}", flush=True)
+                say(f"[fresh] earlier checkpoints moved to {moved}")
             for name in ("final_eval.json", "final_eval_samples.jsonl"):
                 (self.out / name).unlink(missing_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.config_text = dump_config(config, "The resolved config of this run (pipelines/progressive.py).")
+        (self.out / "config.yaml").write_text(self.config_text, encoding="utf-8")
         resume = self.ckpts.latest() if config.run.resume else None
         self.pos = {"stage_index": 0, "stage_step": 0, "global_step": 0, "version": 0, "gate_streak": 0}
         self.pending_checkpoint: tuple[Path, int, dict] | None = None
@@ -119,6 +128,9 @@ class ProgressiveTrainer:
         self.generators, self.search, self.score, self.learner = w.generators, w.search, w.score, w.learner
         self.push_weights, self.ray_metrics = w.push_weights, w.ray_metrics
         self.log = MetricsLog(self.out, resume_after=resume[1]["global_step"] if resume else 0)
+        self.clock, self.eval_s = StepClock(), 0.0  # the ETAs: step times so far, the base evaluation's time
+        for r in read_metrics(self.log.path) if self.log.path.exists() else []:
+            self.clock.add(r["stage"], r.get("timing/step", 0.0))
         self.timer = Timer()
         if config.run.final_eval and not self.evaluated("base"):
             self.final_eval("base")  # the generators still hold the base model
@@ -127,15 +139,16 @@ class ProgressiveTrainer:
             self.learner.load(str(path / "ds"))
             self.pos = {k: meta[k] for k in self.pos}
             self.sync()  # the generators restarted from the base model: bring them to the checkpoint's weights
-            print(f"[resume] {path.name}: stage {ALL_STAGES[meta['stage_index']]}, next step {meta['stage_step']}",
-                  flush=True)  # fmt: skip
+            index, step = meta["stage_index"], meta["stage_step"]
+            where = f"stage {ALL_STAGES[index]}, next step {step}" if index < len(ALL_STAGES) else "all stages done"
+            say(f"[resume] {path.name}: {where}")
         self.pool = ThreadPoolExecutor(max_workers=1)  # pipelined mode: the next step's rollout
         self.prefetch: tuple[tuple, Future] | None = None
 
     # -- the job ---------------------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        from medr3.report import write_report
+        from medr3.report import run_readme, write_report
         from medr3.stages import Gate
 
         warmup = self.config.stages.warmup
@@ -149,6 +162,9 @@ class ProgressiveTrainer:
                 self.pos.update(stage_index=index + 1, stage_step=0, gate_streak=0)
                 continue
             questions = self.stage_questions(name, stage)
+            gate_note = f", gate {stage.gate.metric} >= {stage.gate.threshold}" if stage.gate else ""
+            retrieval = "on" if stage.retrieval else "off"
+            say(f"[stage] {name}: {stage.steps} steps, {len(questions)} questions, retrieval {retrieval}{gate_note}")
             gate = Gate(stage.gate, self.pos["gate_streak"])
             while True:
                 self.commit_checkpoint(wait=False)
@@ -159,18 +175,20 @@ class ProgressiveTrainer:
                 self.maybe_checkpoint(name, stage_end=done)
                 self.finish_record(record)
                 if advance:
-                    print(
+                    say(
                         f"[gate] {name}: {stage.gate.metric} >= {stage.gate.threshold} for "
-                        f"{stage.gate.patience} steps: next stage",
-                        flush=True,
+                        f"{stage.gate.patience} steps: next stage"
                     )
                 if done:
                     break
         self.commit_checkpoint(wait=True)
         if self.config.run.final_eval:
             self.final_eval("final")
-        png, md = write_report(self.out)
-        print(f"[done] {self.pos['global_step']} steps; report {png}, summary {md}", flush=True)
+        latest = self.ckpts.latest()
+        readme = run_readme(self.out, latest[0] if latest else None, ROOT, sys.executable)
+        png, md = write_report(self.out, readme)
+        say(f"[done] {self.pos['global_step']} steps; report {png}, summary {md}")
+        say(readme)
 
     def advance(self, index: int, done: bool, streak: int = 0) -> None:
         """The position saved is the next step to run: the next stage's first once this one is done."""
@@ -218,7 +236,7 @@ class ProgressiveTrainer:
             built, part = build_demos(self.tokenizer, {kind: questions}, {kind: count}, settings, self.search_fn())
             demos += built
             report.add(part)
-        print(f"[warmup] {report.summary()}", flush=True)
+        say(f"[warmup] {report.summary()}")
         random.Random(f"{seed}/warmup").shuffle(demos)
         return demos
 
@@ -265,7 +283,17 @@ class ProgressiveTrainer:
         record["weights_version"] = self.pos["version"]
         self.log.log(record)
         self.ray_metrics.log(record)
-        print(progress_line(record), flush=True)
+        self.clock.add(record["stage"], record["timing/step"])
+        say(progress_line(record, stage_steps(self.config)[record["stage"]], *self.etas(record)))
+
+    def etas(self, record: dict) -> tuple[float | None, float | None]:
+        """Seconds left in `record`'s stage and in the job (its later stages, and the final evaluation as long as
+        the base one took), from the mean step time so far of each stage (a gate may end a stage sooner)."""
+        steps, stage = stage_steps(self.config), record["stage"]
+        left = {stage: steps[stage] - record["stage_step"]}
+        later = {name: steps[name] for name in ALL_STAGES[ALL_STAGES.index(stage) + 1 :]}
+        final_eval = self.eval_s if self.config.run.final_eval else 0.0
+        return self.clock.remaining(left), self.clock.remaining(left | later, final_eval)
 
     # -- phases ----------------------------------------------------------------------------------------------------
 
@@ -277,7 +305,7 @@ class ProgressiveTrainer:
         for spec in stage.train:
             items, report = load_dataset(spec)
             if report.skipped:
-                print(f"[data] {report.summary()} (first: {report.skipped[0]})", flush=True)
+                say(f"[data] {report.summary()} (first: {report.skipped[0]})")
             questions += split_warmup(items, self.config.run.seed, w.fraction)[1] if w.steps else items
         return questions
 
@@ -339,6 +367,7 @@ class ProgressiveTrainer:
         last one valid. The job's end waits for the last write."""
         self.commit_checkpoint(wait=True)
         tmp = self.ckpts.begin()
+        (tmp / "config.yaml").write_text(self.config_text, encoding="utf-8")  # what serve/app.py serves it with
         self.learner.save(str(tmp / "ds"), export_hf=str(tmp / "hf"))
         self.pending_checkpoint = (tmp, self.pos["global_step"], {**self.pos, "stage": stage_name})
 
@@ -379,9 +408,10 @@ class ProgressiveTrainer:
         write_samples(self.out / "final_eval_samples.jsonl", key, samples)
         data = write_result(self.out / "final_eval.json", key, per_question, chance_level(tasks, run.final_eval_limit))
         averages = ", ".join(f"{mode} {data[key][mode]['average']:.1f}%" for mode in data[key])
-        print(f"[eval] {key}: {averages} ({time.perf_counter() - start:.0f}s)", flush=True)
+        self.eval_s = time.perf_counter() - start
+        say(f"[eval] {key}: {averages} ({self.eval_s:.0f}s)")
         if key == "final":
-            print(markdown(data), flush=True)
+            say(markdown(data))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -394,42 +424,74 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML run config (see configs/).")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config key.")
     parser.add_argument("--fresh", action="store_true", help="Ignore existing checkpoints in the output directory.")
+    parser.add_argument("--verbose", action="store_true", help="Show engine and library logs live on the console.")
     return parser.parse_args(argv)
 
 
+def stage_steps(config: Config) -> dict[str, int]:
+    """Steps of each stage, the warm start first."""
+    return {WARMUP: config.stages.warmup.steps} | {name: stage.steps for name, stage in config.stages.ordered()}
+
+
+def header(config: Config, args: argparse.Namespace) -> str:
+    """What the job runs, on what, and where it writes: the console's first lines."""
+    import ray
+
+    from medr3.console import short_path
+
+    resources = ray.cluster_resources()
+    nodes = sum(node["Alive"] for node in ray.nodes())
+    g, out = config.grpo, Path(config.run.output_dir)
+    overrides = f" ({len(args.set)} overrides)" if args.set else ""
+    stages = " → ".join(f"{name} {n}" for name, n in stage_steps(config).items() if n)
+    evaluation = ", before/after evaluation" if config.run.final_eval else ""
+    return "\n".join(
+        [
+            f"Med-R³ progressive job: {short_path(args.config)}{overrides}",
+            f"  model    {short_path(config.model.path)} (generator {config.model.dtype}, learner "
+            f"{config.learner.precision}, {config.learner.replicas} rank(s) ZeRO-{config.learner.zero_stage})",
+            f"  stages   {stages} steps; {g.prompts_per_step} prompts × {g.samples_per_prompt} samples{evaluation}",
+            f"  cluster  {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU on {nodes} node(s)",
+            f"  output   {short_path(out)} (config.yaml, metrics.jsonl, checkpoints/, "
+            + ("logs/)" if args.verbose else "logs/: engine and library logs, --verbose shows them live)"),
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
         config = load_config(args.config, args.set)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}", err=True)
         return 2
     missing = missing_paths(config)
     if missing:
-        print(
-            "error: inputs missing (run ./setup.sh to build models and index):\n  " + "\n  ".join(missing),
-            file=sys.stderr,
-        )
+        say("error: inputs missing (run ./setup.sh to build models and index):\n  " + "\n  ".join(missing), err=True)
         return 2
     try:
         if needs_search(config):
             check_index(config.retriever)  # before any actor starts, for the server backend too
     except IndexNotReadyError as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}", err=True)
         return 2
     from actors.cluster import init_ray
 
-    init_ray()
+    logs = Path(config.run.output_dir) / "logs"
+    log_file = send_logs_to(logs, "driver", args.verbose)
+    trainer = None
     try:
+        init_ray(logs, args.verbose)
+        say(header(config, args))
         trainer = ProgressiveTrainer(config, fresh=args.fresh)
-    except RuntimeError as err:  # an actor that cannot start (missing index, unreachable Qdrant URL, ...)
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    try:
         trainer.run()
+    except Exception as err:  # an actor that cannot start (missing index, unreachable Qdrant URL, ...), a crash
+        log.exception("the job failed")
+        say(f"error: {err}\n  (traceback in {log_file}; the actors' logs are beside it)", err=True)
+        return 1
     finally:
-        trainer.close()
+        if trainer:
+            trainer.close()
     return 0
 
 

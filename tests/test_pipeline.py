@@ -108,6 +108,27 @@ def test_a_killed_job_resumes_with_continuous_steps(ray_cluster, tmp_path, tiny_
     ]
 
 
+@pytest.mark.slow
+@needs_index
+def test_the_console_shows_progress_and_the_engines_log_to_the_run_folder(ray_cluster, tmp_path, tiny_model_dir):
+    """By default no vLLM, DeepSpeed or Ray line reaches the console: the header, one line per step with its ETAs and
+    the summary do. The engines' logs are in logs/, and the per-sync rotary warning is not among them."""
+    args = job_args(tmp_path, steps=(1, 1, 0), warmup=1, extra=[f"model.path={tiny_model_dir}"])
+    out = finish(start(args, ray_cluster))
+    lines = out.splitlines()
+    assert lines[0].startswith("Med-R³ progressive job: configs/tiny.yaml") and "  cluster  " in out
+    steps = [line for line in lines if "ETA stage" in line]
+    assert [line.split()[0:2] for line in steps] == [["[warmup", "1/1"], ["[reasoning", "1/1"], ["[retrieval", "1/1"]]
+    assert "[stage] reasoning:" in out and "[done] 3 steps" in out and "README" in out
+    for noise in ("pid=", "INFO", "WARNING", "vLLM", "vllm", "DeepSpeed", "deepspeed", "Loading weights", "it/s]"):
+        assert noise not in out, noise
+    logs = tmp_path / "logs"
+    generator = (logs / "generator-0.log").read_text()
+    assert "Reloading weights inplace" in generator and "RotaryEmbedding: Failed to load weights" not in generator
+    assert "DeepSpeed" in (logs / "learner-0.log").read_text() and (logs / "driver.log").exists()
+    assert (logs / "search-0.log").exists() and (logs / "reward-0.log").exists()
+
+
 def test_a_bad_config_fails_before_any_actor_starts(tmp_path):
     started = time.monotonic()
     result = subprocess.run(

@@ -97,3 +97,28 @@ def test_a_server_index_built_for_another_collection_fails_before_any_actor_star
         err = capsys.readouterr().err
         assert "collection 'medr3_corpus'" in err and "collection 'wiki' (config: 'medr3_corpus')" in err
         assert "index_corpus.py" in err
+
+
+def test_the_run_folder_holds_its_resolved_config_and_says_how_to_resume_evaluate_and_serve(
+    tmp_path, config_for, tiny_tokenizer, capsys
+):
+    config = config_for(tmp_path)
+    run(config, tiny_tokenizer)
+    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "report.png", "summary.md", "checkpoints"):
+        assert (tmp_path / name).exists(), name
+    resolved = load_config(tmp_path / "config.yaml")  # every override applied, every path absolute
+    assert resolved == config and resolved.stages.reasoning.gate.patience == 2
+    assert resolved.serve.model_fields_set == config.serve.model_fields_set  # unset serve keys stay as trained
+    last = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
+    assert load_config(last / "config.yaml") == config  # serve/app.py reads the checkpoint's own
+    readme = (tmp_path / "summary.md").read_text().split("\n\n")[0]
+    commands = [line.split("`")[1].split()[1:] for line in readme.splitlines()[1:]]
+    assert commands[0] == ["pipelines/progressive.py", "--config", f"{tmp_path}/config.yaml"]
+    assert evaluate.parse_args(commands[1][1:]).model == f"{last}/hf"
+    assert commands[2] == ["-m", "serve.app", "--config", f"{tmp_path}/config.yaml", "--checkpoint", f"{last}/hf"]
+    out = capsys.readouterr().out
+    assert "[reasoning   1/4   | step    1]" in out and "ETA stage" in out and "[gate] reasoning" in out
+    assert readme in out
+    run(load_config(commands[0][2]), tiny_tokenizer)  # the resume command: nothing left to train
+    assert "[resume] " + last.name in capsys.readouterr().out
+    assert [r["global_step"] for r in lines(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medr3.config import RetrieverConfig
+from medr3.console import console
 from medr3.data import LoadReport, corpus_files, iter_corpus
 from medr3.embedder import Embedder, load_embedder
 from medr3.retrieval.chunking import chunk_corpus
@@ -106,7 +107,8 @@ def build_index(
     from tqdm import tqdm
 
     try:
-        bar = tqdm(total=len(chunks), initial=sum(map(len, batches[:resumed])), unit="chunk", disable=not progress)
+        done = sum(map(len, batches[:resumed]))
+        bar = tqdm(total=len(chunks), initial=done, unit="chunk", disable=not progress, file=console(err=True))
         for b in range(resumed, len(batches)):
             batch = batches[b]
             first = b * config.batch_size
