@@ -64,6 +64,12 @@ class RunConfig(_Section):
         "its state and goes on); a stage's last step and the job's end always checkpoint.",
     )
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Times the job restarts its learner group and reward actors after one of them died, restores the "
+        "last checkpoint in-process and goes on; one more death stops it with an error naming the actor and step.",
+    )
     final_eval: bool = Field(
         True,
         description="Evaluate the base model (at the start) and the final checkpoint (at the end) on the same fixed "

@@ -18,12 +18,20 @@ class MetricsLog:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"
         self.samples = self.out_dir / "samples.jsonl"
-        for path in (self.path, self.samples):
-            _truncate(path, resume_after)
+        self.tb = None
+        self.rewind(resume_after)
+
+    def rewind(self, keep_through: int) -> None:
+        """Drop the lines and TensorBoard events of steps after `keep_through`: the checkpoint a run resumes or
+        restarts from, so that a redone step is logged once."""
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step drops events logged after the checkpoint we resume from.
-        self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=resume_after + 1)
+        for path in (self.path, self.samples):
+            _truncate(path, keep_through)
+        if self.tb:
+            self.tb.close()
+        # purge_step drops events logged after the checkpoint.
+        self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=keep_through + 1)
 
     def log(self, record: dict) -> None:
         """`record` holds `global_step`, `stage`, `stage_step` and float metrics."""

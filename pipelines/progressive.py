@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import time
 from collections import defaultdict
@@ -79,10 +80,15 @@ class Workers:
     learner: Any  # train, train_sft, save, save_done, load
     push_weights: Callable[[int], None]  # learner -> every generator, stamped with the weights version
     ray_metrics: Any  # log(record): the step's metrics as Ray metrics
+    restart: Callable[[], Workers] | None = None  # after a learner rank or reward actor died: new ones, same others
 
 
-def start_workers(config: Config) -> Workers:
-    """The job's Ray actors; the generators are up and hold the base model when this returns."""
+def start_workers(config: Config, keep: Workers | None = None) -> Workers:
+    """The job's Ray actors; the generators are up and hold the base model when this returns. With `keep`, its
+    generators and search actors stay (Ray restarts those by itself) and a new learner group and new reward actors
+    start: `Workers.restart`, after one of them died (a ZeRO group cannot go on without a rank)."""
+    import ray
+
     from actors.generator import GeneratorPool
     from actors.learner import LearnerGroup
     from actors.ray_metrics import RayMetrics
@@ -90,13 +96,25 @@ def start_workers(config: Config) -> Workers:
     from actors.reward import create_reward_actors, score_batch
     from actors.weight_sync import make_weight_sync
 
-    search = SearchPool(config.retriever) if needs_search(config) else None
-    generators = GeneratorPool(config)
+    if keep:
+        search, generators, ray_metrics = keep.search, keep.generators, keep.ray_metrics
+    else:
+        search = SearchPool(config.retriever) if needs_search(config) else None
+        generators, ray_metrics = GeneratorPool(config), RayMetrics()
     rewards = create_reward_actors(config.reward, config.data.corpus)
     learner = LearnerGroup(config)
     generators.wait_ready()
     push_weights = make_weight_sync(config, learner, generators)
-    return Workers(generators, search, partial(score_batch, rewards), learner, push_weights, RayMetrics())
+    workers = Workers(generators, search, partial(score_batch, rewards), learner, push_weights, ray_metrics)
+
+    def restart() -> Workers:
+        learner.shutdown()
+        for actor in rewards:
+            ray.kill(actor)
+        return start_workers(config, keep=workers)
+
+    workers.restart = restart
+    return workers
 
 
 class ProgressiveTrainer:
@@ -124,9 +142,7 @@ class ProgressiveTrainer:
         self.pos = {"stage_index": 0, "stage_step": 0, "global_step": 0, "version": 0, "gate_streak": 0}
         self.pending_checkpoint: tuple[Path, int, dict] | None = None
         self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer_path)
-        w = workers or start_workers(config)
-        self.generators, self.search, self.score, self.learner = w.generators, w.search, w.score, w.learner
-        self.push_weights, self.ray_metrics = w.push_weights, w.ray_metrics
+        self.use(workers or start_workers(config))
         self.log = MetricsLog(self.out, resume_after=resume[1]["global_step"] if resume else 0)
         self.clock, self.eval_s = StepClock(), 0.0  # the ETAs: step times so far, the base evaluation's time
         for r in read_metrics(self.log.path) if self.log.path.exists() else []:
@@ -135,20 +151,46 @@ class ProgressiveTrainer:
         if config.run.final_eval and not self.evaluated("base"):
             self.final_eval("base")  # the generators still hold the base model
         if resume:
-            path, meta = resume
-            self.learner.load(str(path / "ds"))
-            self.pos = {k: meta[k] for k in self.pos}
-            self.sync()  # the generators restarted from the base model: bring them to the checkpoint's weights
-            index, step = meta["stage_index"], meta["stage_step"]
+            self.restore(resume)  # the generators hold the base model: bring them to the checkpoint's weights
+            index, step = self.pos["stage_index"], self.pos["stage_step"]
             where = f"stage {ALL_STAGES[index]}, next step {step}" if index < len(ALL_STAGES) else "all stages done"
-            say(f"[resume] {path.name}: {where}")
+            say(f"[resume] {resume[0].name}: {where}")
         self.pool = ThreadPoolExecutor(max_workers=1)  # pipelined mode: the next step's rollout
         self.prefetch: tuple[tuple, Future] | None = None
+
+    def use(self, w: Workers) -> None:
+        self.workers = w
+        self.generators, self.search, self.score, self.learner = w.generators, w.search, w.score, w.learner
+        self.push_weights, self.ray_metrics = w.push_weights, w.ray_metrics
 
     # -- the job ---------------------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Train every stage, surviving up to `run.max_restarts` deaths of a learner rank or reward actor; then
+        evaluate the final model and write the report."""
+        from ray.exceptions import RayActorError
+
         from medr3.report import run_readme, write_report
+
+        restarts = 0
+        while True:
+            try:
+                self.train()
+                break
+            except RayActorError as err:
+                restarts += 1
+                self.recover(err, restarts)
+        self.commit_checkpoint(wait=True)
+        if self.config.run.final_eval:
+            self.final_eval("final")
+        latest = self.ckpts.latest()
+        readme = run_readme(self.out, latest[0] if latest else None, ROOT, sys.executable)
+        png, md = write_report(self.out, readme)
+        say(f"[done] {self.pos['global_step']} steps; report {png}, summary {md}")
+        say(readme)
+
+    def train(self) -> None:
+        """The warm start and the three stages, from the current position."""
         from medr3.stages import Gate
 
         warmup = self.config.stages.warmup
@@ -181,14 +223,41 @@ class ProgressiveTrainer:
                     )
                 if done:
                     break
-        self.commit_checkpoint(wait=True)
-        if self.config.run.final_eval:
-            self.final_eval("final")
+
+    def recover(self, err: Exception, restarts: int) -> None:
+        """After an actor died: new learner group and reward actors, back to the last checkpoint (the steps after it
+        are redone, and logged once); past `run.max_restarts` restarts, stop naming the actor and the step."""
+        from ray.exceptions import RayActorError
+
+        found = re.search(r"class_name: (\w+)", str(err))  # how Ray's ActorDiedError names the actor
+        who = found.group(1) if found else "an actor"
+        step, limit = self.pos["global_step"] + 1, self.config.run.max_restarts
+        if restarts > limit or not self.workers.restart:
+            raise RuntimeError(f"{who} died in step {step}, after {limit} restarts (run.max_restarts)") from err
+        try:  # a checkpoint being written when a reward actor died is still good
+            self.commit_checkpoint(wait=True)
+        except RayActorError:
+            self.pending_checkpoint = None  # its writer died; the next save removes the folder
+        self.prefetch = None
         latest = self.ckpts.latest()
-        readme = run_readme(self.out, latest[0] if latest else None, ROOT, sys.executable)
-        png, md = write_report(self.out, readme)
-        say(f"[done] {self.pos['global_step']} steps; report {png}, summary {md}")
-        say(readme)
+        back_to = latest[0].name if latest else "the start"
+        say(f"[restart] {who} died in step {step}: new learner and reward actors from {back_to} ({restarts}/{limit})")
+        log.info("an actor died in step %d", step, exc_info=err)
+        self.use(self.workers.restart())
+        self.restore(latest)
+        self.log.rewind(self.pos["global_step"])
+
+    def restore(self, checkpoint: tuple[Path, dict] | None) -> None:
+        """Load `checkpoint` (folder, meta) into the learner (None: the start, the learner's fresh weights), take its
+        position and push its weights to the generators. The weights version only counts up: a generator refuses
+        one it has already served."""
+        path, meta = checkpoint or (None, dict.fromkeys(self.pos, 0))
+        if path:
+            self.learner.load(str(path / "ds"))
+        version = self.pos["version"]
+        self.pos = {k: meta[k] for k in self.pos}
+        self.pos["version"] = max(version, self.pos["version"])
+        self.sync()
 
     def advance(self, index: int, done: bool, streak: int = 0) -> None:
         """The position saved is the next step to run: the next stage's first once this one is done."""
@@ -442,7 +511,7 @@ def header(config: Config, args: argparse.Namespace) -> str:
     resources = ray.cluster_resources()
     nodes = sum(node["Alive"] for node in ray.nodes())
     g, out = config.grpo, Path(config.run.output_dir)
-    overrides = f" ({len(args.set)} overrides)" if args.set else ""
+    overrides = f" with {len(args.set)} --set" if args.set else ""
     stages = " → ".join(f"{name} {n}" for name, n in stage_steps(config).items() if n)
     evaluation = ", before/after evaluation" if config.run.final_eval else ""
     return "\n".join(

@@ -87,15 +87,20 @@ class FakeGeneratorPool:
 
 
 class FakeLearner:
-    """Stands in for LearnerGroup: counts optimizer steps and checkpoints the count; training call `crash_at`
-    (1-based) raises instead, as a killed job stops."""
+    """Stands in for LearnerGroup: counts optimizer steps and checkpoints the count; the training call that would
+    make step `crash_at` raises instead, as a killed job stops, and the one that would make step `die_at` raises what
+    Ray raises when a rank has died."""
 
-    def __init__(self, crash_at: int | None = None):
-        self.steps, self.crash_at, self.seeds = 0, crash_at, []
+    def __init__(self, crash_at: int | None = None, die_at: int | None = None):
+        self.steps, self.crash_at, self.die_at, self.seeds = 0, crash_at, die_at, []
 
     def train(self, samples: list, seed: int = 0) -> dict:
         if self.steps + 1 == self.crash_at:
             raise RuntimeError(f"killed at training call {self.crash_at}")
+        if self.steps + 1 == self.die_at:
+            from ray.exceptions import RayActorError
+
+            raise RayActorError(error_msg="The actor died unexpectedly.\n\tclass_name: LearnerRank")  # as Ray says
         self.steps += 1
         self.seeds.append(seed)
         return {"loss": 0.0, "tokens_per_s": 1.0}

@@ -129,6 +129,48 @@ def test_the_console_shows_progress_and_the_engines_log_to_the_run_folder(ray_cl
     assert (logs / "search-0.log").exists() and (logs / "reward-0.log").exists()
 
 
+@pytest.mark.slow
+@needs_index
+def test_the_job_heals_itself_when_its_generator_search_reward_and_learner_actors_die(
+    ray_cluster, tmp_path, tiny_model_dir
+):
+    """Kills the job's generator, search actor, reward actor and learner rank in turn mid-run: Ray restarts the first
+    two, the job restarts the others from the last checkpoint, and it finishes with every step logged once (in
+    TensorBoard too) and a final checkpoint that loads."""
+    from ray.util.state import list_actors
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoModelForCausalLM
+
+    address = ray_cluster.get_runtime_context().gcs_address
+    ours = f"MEDR3_LOG_DIR={(tmp_path / 'logs').resolve()}".encode()
+
+    def kill(class_name: str) -> None:
+        """SIGKILL this job's live actor of `class_name` (the session's other actors have another log folder)."""
+        for actor in list_actors(address=address, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")]):
+            try:
+                if actor.pid and ours in open(f"/proc/{actor.pid}/environ", "rb").read().split(b"\0"):
+                    os.kill(actor.pid, signal.SIGKILL)
+                    return
+            except OSError:
+                continue
+        raise AssertionError(f"no live {class_name} of this job")
+
+    args = job_args(tmp_path, steps=(2, 4, 6), extra=[f"model.path={tiny_model_dir}", "run.checkpoint_every=2"])
+    proc = start(args, ray_cluster)
+    for after, victim in ((1, "GeneratorWorker"), (3, "SearchActor"), (5, "RewardActor"), (7, "LearnerRank")):
+        wait_for(lambda after=after: len(records(tmp_path)) >= after or proc.poll() is not None)
+        assert proc.poll() is None, "the job ended before the kill of " + victim
+        kill(victim)
+    out = finish(proc, timeout=900)
+    assert "[restart] RewardActor died" in out and "[restart] LearnerRank died" in out
+    assert [r["global_step"] for r in records(tmp_path)] == list(range(1, 13))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("reward/total")] == list(range(1, 13))
+    last = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
+    assert last.name == "step-000012" and AutoModelForCausalLM.from_pretrained(last / "hf") is not None
+
+
 def test_a_bad_config_fails_before_any_actor_starts(tmp_path):
     started = time.monotonic()
     result = subprocess.run(

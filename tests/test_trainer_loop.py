@@ -4,6 +4,7 @@ in test_pipeline.py run the same loop on real actors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from types import SimpleNamespace
@@ -122,3 +123,45 @@ def test_the_run_folder_holds_its_resolved_config_and_says_how_to_resume_evaluat
     run(load_config(commands[0][2]), tiny_tokenizer)  # the resume command: nothing left to train
     assert "[resume] " + last.name in capsys.readouterr().out
     assert [r["global_step"] for r in lines(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
+def steps_in_tensorboard(out_dir) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out_dir / "tensorboard"))
+    events.Reload()
+    return [e.step for e in events.Scalars("reward/total")]
+
+
+def test_a_dead_learner_restarts_from_the_last_checkpoint_and_every_step_is_logged_once(
+    tmp_path, config_for, tiny_tokenizer, capsys
+):
+    config = config_for(tmp_path)
+    config.run.checkpoint_every = 10  # checkpoints at stage ends only: steps 2, 4, 5
+    workers = fake_workers(config, tiny_tokenizer, FakeLearner(die_at=4))  # retrieval's 2nd step; step 3 is redone
+    fresh = []
+    workers.restart = lambda: fresh.append(FakeLearner()) or dataclasses.replace(workers, learner=fresh[-1])
+    trainer = ProgressiveTrainer(config, workers=workers)
+    trainer.run()
+    trainer.close()
+    rows = lines(tmp_path / "metrics.jsonl")
+    assert [(r["stage"], r["stage_step"]) for r in rows] == EXPECTED
+    assert [r["global_step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert steps_in_tensorboard(tmp_path) == [1, 2, 3, 4, 5]
+    assert [s["global_step"] for s in lines(tmp_path / "samples.jsonl")] == [1, 2, 3, 4, 5]
+    assert len(fresh) == 1 and fresh[0].steps == 5  # loaded 2 from step-000002, trained 3, 4, 5
+    assert "[restart] LearnerRank died in step 4: new learner and reward actors from step-000002 (1/3)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_learner_that_keeps_dying_stops_the_job_naming_the_actor_and_the_step(tmp_path, config_for, tiny_tokenizer):
+    config = config_for(tmp_path)
+    config.run.max_restarts = 1
+    workers = fake_workers(config, tiny_tokenizer, FakeLearner(die_at=3))
+    workers.restart = lambda: dataclasses.replace(workers, learner=FakeLearner(die_at=3))
+    trainer = ProgressiveTrainer(config, workers=workers)
+    with pytest.raises(RuntimeError, match=r"LearnerRank died in step 3, after 1 restarts \(run.max_restarts\)"):
+        trainer.run()
+    trainer.close()
+    assert [r["global_step"] for r in lines(tmp_path / "metrics.jsonl")] == [1, 2]
