@@ -16,7 +16,7 @@ back to the event loop.
 Served as trained: the protocol settings (documents per search, searches, response budget, document truncation)
 are the training run's, read from the run config saved with the checkpoint (`trained_config_path`), or from the run
 config given when the checkpoint has none; a `serve` key overrides one only when set explicitly. `/v1/models` lists
-what is in effect.
+what is in effect. A dead engine is replaced inside the replica, which answers JSON 503s with Retry-After meanwhile.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from medr3.rollout import Rollout, RolloutSettings, Trajectory
 from serve.auth import InsecureBindError, key_matches, load_key, presented_key, require_key_for_host
 from serve.chat import ChatTurns, chat_prompt
 from serve.responses import answer_body, complete, sse
-from serve.schemas import AnswerRequest, ApiError, ChatRequest, Limits, parse_request
+from serve.schemas import ENGINE_RESTARTING, RETRY_AFTER_S, AnswerRequest, ApiError, ChatRequest, Limits, parse_request
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("ray.serve")  # replica logs go to Serve's log files
@@ -57,7 +57,7 @@ api = FastAPI(title="Med-R³", docs_url=None, redoc_url=None, openapi_url=None)
 
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -66,16 +66,18 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
 
 
 @api.exception_handler(RetrievalError)
-async def _retrieval_error(_: Request, err: RetrievalError) -> JSONResponse:
+async def _retrieval_error(request: Request, err: RetrievalError) -> JSONResponse:
     log.error("retrieval failed: %s", err)
-    return JSONResponse(ApiError(503, "retrieval is unavailable; try again").body(), status_code=503)
+    return await _api_error(request, ApiError(503, "retrieval is unavailable; try again"))
 
 
 @api.exception_handler(Exception)
 async def _server_error(request: Request, err: Exception) -> JSONResponse:
     # Our fault, not the client's: log the traceback (no headers, no body), answer without internals.
-    log.exception("%s %s failed", request.method, request.url.path)
-    return JSONResponse(ApiError(500, f"internal error ({type(err).__name__})").body(), status_code=500)
+    failure = ApiError.from_failure(err)
+    if failure.status == 500:
+        log.exception("%s %s failed", request.method, request.url.path)
+    return await _api_error(request, failure)
 
 
 def _open_search(config: Config):
@@ -131,9 +133,7 @@ class MedR3Server:
 
         self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or model_path)
         g = config.generator
-        self.engine = vllm_compat.create_async_engine(
-            model_path, config.model.tokenizer or model_path, config.model.dtype, config.run.seed, g
-        )
+        self.engine, self._restart = self._new_engine(), None
         self.search = _open_search(config) if s.retrieval else None
         search_fn = self._search_async if self.search is not None else None
         self.chat = ChatTurns(
@@ -154,9 +154,12 @@ class MedR3Server:
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
         try:
-            await vllm_compat.check_engine(self.engine)
-        except Exception as err:  # the engine core died: report it, Serve's own check restarts the replica
-            return JSONResponse({"status": "unavailable", "reason": type(err).__name__}, status_code=503)
+            ok, reason = await self._engine_ok(), "engine restarting"
+        except Exception as err:  # a restart failed: Serve replaces the replica
+            ok, reason = False, type(err).__name__
+        if not ok:
+            body = {"status": "unavailable", "reason": reason}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         return JSONResponse({"status": "ok", "model": self.config.serve.model_name, "retrieval": bool(self.search)})
 
     @api.get("/v1/models")
@@ -168,6 +171,7 @@ class MedR3Server:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         self._authorize(request)
+        await self._require_engine()
         req: ChatRequest = parse_request(ChatRequest, await self._body(request), self.limits)
         if req.model != self.config.serve.model_name:
             message = f"model {req.model!r} does not exist; this server has {self._model!r}"
@@ -198,6 +202,7 @@ class MedR3Server:
     async def answer(self, request: Request) -> dict:
         self._authorize(request)
         start = time.perf_counter()
+        await self._require_engine()
         req: AnswerRequest = parse_request(AnswerRequest, await self._body(request), self.limits)
         searches = self.config.serve.max_searches if req.max_searches is None else req.max_searches
         searches = searches if self.search is not None else 0
@@ -268,9 +273,47 @@ class MedR3Server:
             raise ApiError(413, f"body: larger than {self.max_body} bytes", "body", "request_too_large")
         return raw
 
+    # --- a dead engine is replaced in the replica, which answers 503s meanwhile
+
+    def _new_engine(self):
+        c = self.config
+        tokenizer = c.model.tokenizer or self.model_path
+        return vllm_compat.create_async_engine(self.model_path, tokenizer, c.model.dtype, c.run.seed, c.generator)
+
+    async def _engine_ok(self) -> bool:
+        """Whether the engine serves. A dead one is replaced at once, in the background: replacing the replica
+        would take Serve three failed health checks, and requests would then queue in its proxy instead of getting
+        a 503. Raises once a replacement has failed (check_health passes that on: Serve replaces the replica)."""
+        if self._restart is not None:
+            if not self._restart.done():
+                return False
+            self._restart.result()
+            self._restart = None
+        try:
+            await vllm_compat.check_engine(self.engine)
+        except Exception as err:
+            log.error("the engine died (%s): starting a new one", type(err).__name__)
+            self._restart = asyncio.create_task(self._restart_engine())
+            return False
+        return True
+
+    async def _restart_engine(self) -> None:
+        started = time.perf_counter()
+        try:
+            vllm_compat.shutdown_engine(self.engine)
+        except Exception as err:  # it is dead already; what is left of it must not keep the new one from starting
+            log.warning("shutting the dead engine down: %s", err)
+        self.engine = await asyncio.to_thread(self._new_engine)
+        log.info("a new engine serves, %.1f s after the old one died", time.perf_counter() - started)
+
+    async def _require_engine(self) -> None:
+        if not await self._engine_ok():
+            raise ApiError(503, ENGINE_RESTARTING, None, "engine_unavailable")
+
     async def check_health(self) -> None:
-        """Serve calls this periodically; raising makes it replace the replica."""
-        await vllm_compat.check_engine(self.engine)
+        """Serve calls this every `health_check_period_s`; raising (only a failed engine restart) makes it replace
+        the replica."""
+        await self._engine_ok()
 
     def __del__(self) -> None:
         if getattr(self, "engine", None) is not None:
@@ -287,7 +330,7 @@ def deployment_options(s: ServeConfig) -> dict:
     options = {
         "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
         "max_ongoing_requests": s.max_ongoing_requests,
-        "health_check_period_s": 10,
+        "health_check_period_s": 2,  # a dead engine is replaced within 2 s even without traffic; a flag read
     }
     if s.autoscaling:
         options["autoscaling_config"] = {

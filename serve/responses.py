@@ -77,7 +77,7 @@ async def sse(
                 open_runs -= 1
             elif isinstance(item, Exception):
                 log.error("stream failed: %s: %s", type(item).__name__, item)
-                yield f"data: {json.dumps(ApiError(500, f'generation failed ({type(item).__name__})').body())}\n\n"
+                yield f"data: {json.dumps(ApiError.from_failure(item).body())}\n\n"
                 break
             else:
                 completion += item.generated

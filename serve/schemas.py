@@ -22,6 +22,8 @@ from medr3.protocol import plain_text
 
 _LETTER = re.compile(r"^[A-J]$")
 MAX_SEED = 2**63 - 1  # the engine seeds a 64-bit signed generator: a larger seed fails inside it
+RETRY_AFTER_S = 10  # a 503's Retry-After: about what a new engine takes to start on the tiny model
+ENGINE_RESTARTING = "the model engine stopped and a new one is starting: retry shortly"
 
 
 class ApiError(Exception):
@@ -34,6 +36,17 @@ class ApiError(Exception):
     def body(self) -> dict:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(RETRY_AFTER_S)} if self.status == 503 else {}
+
+    @classmethod
+    def from_failure(cls, err: Exception) -> ApiError:
+        """Our failure as the client sees it: a dead engine is a 503 to retry (a new one is starting), the rest a 500
+        without internals. vLLM's EngineDeadError is matched by name, so that no vllm is imported here."""
+        if type(err).__name__ == "EngineDeadError":
+            return cls(503, ENGINE_RESTARTING, None, "engine_unavailable")
+        return cls(500, f"internal error ({type(err).__name__})")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -421,3 +423,46 @@ def test_with_a_key_requests_need_it_and_health_stays_open(base_url, serve_args,
         assert reply.choices[0].finish_reason in {"stop", "length"}
     finally:
         serve.delete("medr3-auth")
+
+
+def _engine_core_pids(app: str) -> list[int]:
+    """The vLLM engine-core processes under the replicas of Serve app `app` (Ray titles them ServeReplica:<app>:…)."""
+    import psutil
+
+    replicas = [
+        p for p in psutil.process_iter(["cmdline"]) if f"ServeReplica:{app}:" in " ".join(p.info["cmdline"] or [])
+    ]
+    children = [c for r in replicas for c in r.children(recursive=True)]
+    return [c.pid for c in children if "EngineCore" in c.name() + " ".join(c.cmdline())]
+
+
+def test_a_dead_engine_gets_fast_json_503s_until_a_new_one_serves(base_url, serve_args):
+    from ray import serve
+
+    from serve.app import build_app
+
+    serve.run(build_app(serve_args), name="medr3-dead", route_prefix="/dead")
+    url = f"{base_url}/dead"
+    try:
+        assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
+        (pid,) = _engine_core_pids("medr3-dead")
+        os.kill(pid, signal.SIGKILL)
+        killed, replies = time.monotonic(), []
+        while time.monotonic() - killed < 240:
+            sent = time.monotonic()
+            r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60)
+            replies.append((r, time.monotonic() - sent))
+            if r.status_code == 200:
+                break
+            time.sleep(0.5)
+        recovered, waits = time.monotonic() - killed, sorted(seconds for _, seconds in replies[:-1])
+        print(f"a new engine served {recovered:.1f} s after the kill; 503s took {[round(w, 2) for w in waits]} s")
+        assert replies[-1][0].status_code == 200 and len(replies) > 1 and recovered < 180
+        for r, _ in replies[:-1]:  # each a JSON 503 saying when to come back
+            assert r.status_code == 503 and r.headers["retry-after"] == "10"
+            assert r.json()["error"]["code"] == "engine_unavailable"
+        # fast: not queued until the engine is back (the new engine's start competes for 2 shared cores)
+        assert replies[0][1] < 2 and waits[len(waits) // 2] < 2 and waits[-1] < 15
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    finally:
+        serve.delete("medr3-dead")
