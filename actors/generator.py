@@ -15,6 +15,7 @@ import torch
 from actors import vllm_compat
 from actors.cluster import actor_env
 from medr3.config import Config
+from medr3.hardware import resolve_model_dtype
 from medr3.retry import retry
 from medr3.rollout import Completion, GenRequest
 
@@ -39,7 +40,7 @@ class GeneratorWorker:
         self.llm = vllm_compat.create_engine(
             config.model.path,
             config.model.tokenizer_path,
-            config.model.dtype,
+            resolve_model_dtype(config.model.dtype),
             config.run.seed + seed_offset,
             config.generator,
         )

@@ -24,25 +24,8 @@ from actors import deepspeed_compat as dsc
 from actors.cluster import actor_env
 from medr3.config import Config
 from medr3.grpo import LossSettings, kl_k3, policy_loss_terms
+from medr3.hardware import resolve_model_dtype, resolve_precision
 from medr3.packing import TrainSample, collate, pack
-
-
-def resolve_precision(setting: str) -> str:
-    """`learner.precision` → "bf16" or "fp32": auto is bf16 where the device computes it natively."""
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_has_native_bf16() else "fp32"
-
-
-def _cpu_has_native_bf16() -> bool:
-    """AVX-512-BF16 or AMX: there a bf16 matmul runs ~4× an fp32 one (docs/architecture.md, "CPU numerics")."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -246,7 +229,7 @@ class LearnerRank:
     def _for_generator(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Weights in the generator's dtype (model.dtype): half the bytes to move under bf16, and vLLM then loads
         them without a per-tensor dtype warning."""
-        dtype = getattr(torch, self.config.model.dtype)
+        dtype = getattr(torch, resolve_model_dtype(self.config.model.dtype))
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
     def join_weight_group(self, host: str, port: int, world_size: int) -> None:

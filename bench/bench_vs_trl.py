@@ -78,7 +78,7 @@ def our_config(args: argparse.Namespace, out_dir: Path) -> tuple[list[str], Conf
 
 
 def run_ours(args: argparse.Namespace, out_dir: Path) -> dict:
-    from actors.learner import resolve_precision
+    from medr3.hardware import resolve_model_dtype, resolve_precision
 
     sets, config = our_config(args, out_dir)
     cmd = [sys.executable, str(ROOT / "pipelines/progressive.py"), "--config", args.config, "--fresh"]
@@ -93,7 +93,10 @@ def run_ours(args: argparse.Namespace, out_dir: Path) -> dict:
             k.removeprefix("timing/"): round(statistics.median(r.get(k, 0.0) for r in timed), 3) for k in phases
         },
         "response_tokens": round(statistics.mean(r.get("rollout/response_tokens", 0.0) for r in timed), 1),
-        "precision": {"generator": config.model.dtype, "learner": resolve_precision(config.learner.precision)},
+        "precision": {
+            "generator": resolve_model_dtype(config.model.dtype),
+            "learner": resolve_precision(config.learner.precision),
+        },
         "overrides": [s for s in sets if not s.startswith("run.output_dir=")],
     }
 

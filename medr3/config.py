@@ -82,6 +82,11 @@ class RunConfig(_Section):
     final_eval_limit: int = Field(
         64, ge=1, description="A fixed seeded sample of N questions of each final-eval task."
     )
+    base_eval_cache: OutputPath | None = Field(
+        "artifacts/eval_cache",
+        description="Where the base model's before/after results are kept, keyed by its files' bytes and every "
+        "setting that changes them, so a later run with the same model and settings reuses them (null: always rerun).",
+    )
 
 
 class ModelConfig(_Section):
@@ -89,10 +94,12 @@ class ModelConfig(_Section):
 
     path: ModelPath = Field(description="HF model folder (config.json + safetensors).")
     tokenizer: InputPath | None = Field(None, description="Tokenizer folder; defaults to `path`.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16",
-        description="Generator (vLLM) weights dtype. The learner keeps fp32 master weights and computes in "
-        "`learner.precision`; float32 here and there makes generator and learner logprobs agree exactly.",
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Generator (vLLM) weights dtype; auto = bfloat16 where the device computes it natively (a GPU "
+        "with bf16, a CPU with AVX512-BF16/AMX), float32 elsewhere (medr3/hardware.py). The learner keeps fp32 "
+        "master weights and computes in `learner.precision`; float32 here and there makes generator and learner "
+        "logprobs agree exactly.",
     )
 
     @property
@@ -533,7 +540,10 @@ class Config(_Section):
         """Whether the learner recomputes the ratio's denominator (see `LearnerConfig.old_logprobs`)."""
         mode = self.learner.old_logprobs
         if mode == "auto":
-            exact = self.learner.precision == "fp32" and self.model.dtype == "float32"
+            from medr3.hardware import resolve_model_dtype, resolve_precision
+
+            precision, dtype = resolve_precision(self.learner.precision), resolve_model_dtype(self.model.dtype)
+            exact = precision == "fp32" and dtype == "float32"
             return not (exact or self.grpo.pipelined)
         return mode == "recompute"
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
+
+from medr3.hardware import cpu_has_native_bf16
 
 DEFAULT_EMBEDDER = "minilm"
 
@@ -60,15 +61,6 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this x86 CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def load_embedder(
     name_or_path: str = DEFAULT_EMBEDDER,
     device: str | None = None,
@@ -91,7 +83,7 @@ def load_embedder(
         device = "cpu"
     model = SentenceTransformer(path, device=device)
     if dtype == "auto":
-        dtype = "bfloat16" if model.device.type == "cpu" and cpu_has_native_bf16() else "float32"
+        dtype = "bfloat16" if model.device.type == "cpu" and cpu_has_native_bf16() else "float32"  # GPU: as asked
     model.to(getattr(torch, dtype))
     embedder = Embedder(model, name=name_or_path)
     if max_tokens is not None:

@@ -43,6 +43,7 @@ from actors.retriever import RetrievalError
 from medr3.checkpoint import META
 from medr3.config import Config, ConfigError, ServeConfig, load_config
 from medr3.data import Question
+from medr3.hardware import resolve_model_dtype
 from medr3.protocol import build_prompt
 from medr3.rollout import Rollout, RolloutSettings, Trajectory
 from serve.auth import InsecureBindError, key_matches, load_key, presented_key, require_key_for_host
@@ -278,7 +279,9 @@ class MedR3Server:
     def _new_engine(self):
         c = self.config
         tokenizer = c.model.tokenizer or self.model_path
-        return vllm_compat.create_async_engine(self.model_path, tokenizer, c.model.dtype, c.run.seed, c.generator)
+        return vllm_compat.create_async_engine(
+            self.model_path, tokenizer, resolve_model_dtype(c.model.dtype), c.run.seed, c.generator
+        )
 
     async def _engine_ok(self) -> bool:
         """Whether the engine serves. A dead one is replaced at once, in the background: replacing the replica
