@@ -8,9 +8,12 @@ bootstrap intervals over questions, and each task's chance level (the mean of 1 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from medr3.data import Question
@@ -120,6 +123,49 @@ def write_samples(path: Path, key: str, samples: Sequence[dict]) -> None:
         kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line).get("model") != key]
     kept += [json.dumps({"model": key} | s) for s in samples]
     write_text_atomic(path, "\n".join(kept) + "\n")
+
+
+# Bump when a change outside the fingerprinted settings changes what an evaluation returns (e.g. the rollout loop).
+CACHE_VERSION = 1
+
+
+def base_fingerprint(model_dir: str | Path, settings: dict) -> str:
+    """A key for the base model's results: the bytes of every file of its folder and every setting that changes
+    what it is asked or how it samples (`settings`: budgets, sampling, seeds, slice, retriever, prompt texts)."""
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True).encode())
+    for path in sorted(p for p in Path(model_dir).iterdir() if p.is_file()):
+        with path.open("rb") as f:
+            digest.update(path.name.encode() + hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:20]
+
+
+@dataclass
+class SliceResult:
+    """One model's evaluation of the slice: `evaluate_slice`'s correctness, the per-question samples, the seconds it
+    took, and the cache file it was read from (None when it ran now)."""
+
+    per_question: dict[str, dict[str, list[float]]]
+    samples: list[dict]
+    seconds: float
+    reused: Path | None = None
+
+
+def evaluate_cached(tasks: Sequence[EvalTask], limit: int, run_chunk: RunChunk, cache: Path | None) -> SliceResult:
+    """`evaluate_slice`, or what an earlier run stored in `cache` (a file named by `base_fingerprint`); a result
+    computed now is stored there (whole, atomically) for the next run."""
+    from medr3.atomic import write_text_atomic
+
+    if cache is not None and cache.exists():
+        data = json.loads(cache.read_text(encoding="utf-8"))
+        return SliceResult(data["per_question"], data["samples"], data["seconds"], reused=cache)
+    start, samples = time.perf_counter(), []
+    per_question = evaluate_slice(tasks, limit, run_chunk, samples)
+    result = SliceResult(per_question, samples, time.perf_counter() - start)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        stored = {"per_question": per_question, "samples": samples, "seconds": result.seconds}
+        write_text_atomic(cache, json.dumps(stored))
+    return result
 
 
 def markdown(data: dict) -> str:

@@ -457,30 +457,61 @@ class ProgressiveTrainer:
         return path.exists() and key in json.loads(path.read_text(encoding="utf-8"))
 
     def final_eval(self, key: str) -> None:
-        """`key` = base or final: the generators' current model on the fixed slice, same seeds for both."""
+        """`key` = base or final: the generators' current model on the fixed slice, same seeds for both. The base
+        model's results are reused from `run.base_eval_cache` when an earlier run had the same model and settings."""
         from medr3.evaluation import eval_tasks
-        from medr3.final_eval import chance_level, evaluate_slice, markdown, write_result, write_samples
+        from medr3.final_eval import chance_level, evaluate_cached, markdown, write_result, write_samples
         from medr3.rollout import Rollout, RolloutSettings
 
         run = self.config.run
         available = eval_tasks(Path(os.environ.get("MEDR3_ROOT") or Path.cwd()) / "data")
         tasks = [available[name] for name in run.final_eval_tasks]
+        settings = RolloutSettings.from_config(self.config)
         rollout = Rollout(
             self.tokenizer,
             lambda reqs: self.generators.generate(reqs, EVAL_TEMPERATURE, EVAL_TOP_P),
             self.search_fn(),
-            RolloutSettings.from_config(self.config),
+            settings,
         )
-        start = time.perf_counter()
-        samples: list[dict] = []
-        per_question = evaluate_slice(tasks, run.final_eval_limit, lambda qs, s: rollout.run(qs, 1, search=s), samples)
-        write_samples(self.out / "final_eval_samples.jsonl", key, samples)
-        data = write_result(self.out / "final_eval.json", key, per_question, chance_level(tasks, run.final_eval_limit))
+        cache = self.base_cache(tasks, settings) if key == "base" else None
+        result = evaluate_cached(tasks, run.final_eval_limit, lambda qs, s: rollout.run(qs, 1, search=s), cache)
+        write_samples(self.out / "final_eval_samples.jsonl", key, result.samples)
+        data = write_result(
+            self.out / "final_eval.json", key, result.per_question, chance_level(tasks, run.final_eval_limit)
+        )
         averages = ", ".join(f"{mode} {data[key][mode]['average']:.1f}%" for mode in data[key])
-        self.eval_s = time.perf_counter() - start
-        say(f"[eval] {key}: {averages} ({self.eval_s:.0f}s)")
+        self.eval_s = result.seconds  # the final evaluation's ETA: as long as the base one took when it ran
+        origin = f"reused from {result.reused.name}" if result.reused else f"{result.seconds:.0f}s"
+        say(f"[eval] {key}: {averages} ({origin})")
         if key == "final":
             say(markdown(data))
+
+    def base_cache(self, tasks: list, settings) -> Path | None:
+        """The cache file of the base model's results under this run's settings (None: caching off)."""
+        from dataclasses import asdict
+
+        from medr3.evaluation import SLICE_SEED
+        from medr3.final_eval import base_fingerprint
+        from medr3.hardware import resolve_model_dtype
+        from medr3.protocol import instruction
+
+        c = self.config
+        if c.run.base_eval_cache is None:
+            return None
+        manifest = Path(c.retriever.index_path) / "manifest.json"
+        fingerprint = {
+            "rollout": asdict(settings),
+            "sampling": [EVAL_TEMPERATURE, EVAL_TOP_P],
+            "dtype": resolve_model_dtype(c.model.dtype),
+            "tokenizer": Path(c.model.tokenizer_path).name,
+            "slice": [[t.name, Path(t.spec.path).name] for t in tasks] + [c.run.final_eval_limit, SLICE_SEED],
+            "retriever": c.retriever.model_dump(
+                mode="json", exclude={"num_cpus", "num_gpus", "replicas", "threads", "resources"}
+            ),
+            "index": manifest.read_text(encoding="utf-8") if manifest.exists() else None,
+            "prompts": [instruction(False), instruction(True, settings.max_searches)],
+        }
+        return Path(c.run.base_eval_cache) / f"base-{base_fingerprint(c.model.path, fingerprint)}.json"
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

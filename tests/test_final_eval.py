@@ -49,3 +49,36 @@ def test_no_table_until_both_models_are_evaluated(missing):
     data = {"base": {"cot": {"mmlu": 1.0}}, "final": {"cot": {"mmlu": 2.0}}, "chance": {"mmlu": 25.0}}
     del data[missing]
     assert markdown(data) == ""
+
+
+def test_the_base_models_results_are_reused_only_for_the_same_files_and_settings(tmp_path, monkeypatch):
+    from medr3.data import Question
+    from medr3.evaluation import EvalTask
+    from medr3.final_eval import base_fingerprint, evaluate_cached
+    from medr3.rollout import Trajectory
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    key = base_fingerprint(model, {"max_response_tokens": 640})
+    assert base_fingerprint(model, {"max_response_tokens": 512}) != key
+    (model / "model.safetensors").write_bytes(b"weights v2")
+    assert base_fingerprint(model, {"max_response_tokens": 640}) != key
+
+    questions = [Question("q1", "Which?", {"A": "x", "B": "y"}, "A", "x", source="test")]
+    calls = []
+
+    def run_chunk(qs, search):
+        calls.append(search)
+        return [
+            Trajectory(q, 0, [1], text="<think>t</think><answer>A. x</answer>", finish_reason="answer") for q in qs
+        ]
+
+    task, cache = EvalTask("t", "T", None), tmp_path / "cache" / "base-k.json"
+    monkeypatch.setattr("medr3.final_eval.load_task", lambda task, limit: questions)  # slices: test_evaluate
+    first = evaluate_cached([task], 1, run_chunk, cache)
+    again = evaluate_cached([task], 1, run_chunk, cache)
+    assert calls == [False, True]  # cot and rag ran once; the second call read the cache
+    assert first.reused is None and again.reused == cache
+    assert again.per_question == first.per_question == {"cot": {"t": [1.0]}, "rag": {"t": [1.0]}}
+    assert again.samples == first.samples and again.seconds == first.seconds

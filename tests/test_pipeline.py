@@ -282,3 +282,29 @@ def test_warm_start_then_stages_end_with_a_before_after_evaluation(ray_cluster, 
         and "| warmup | 2 |" in (tmp_path / "summary.md").read_text()
     )
     assert "[eval] base:" in out and "[eval] final:" in out
+
+
+@pytest.mark.slow
+@needs_index
+def test_warm_start_teaches_the_tiny_model_the_protocol_format(ray_cluster, tmp_path, tiny_model_dir):
+    """The base tiny model never writes the format; a test-sized warm start (multiple-choice demos, seconds of
+    training) lowers its loss and makes it write the format in at least half of its answers to held-out questions."""
+    extra = [
+        f"model.path={tiny_model_dir}",
+        "stages.warmup.mix={mcq: 1.0}",
+        "run.final_eval_tasks=[mmlu]",
+        "run.final_eval_limit=16",
+    ]
+    finish(start(job_args(tmp_path, steps=(0, 0, 0), warmup=WARM_STEPS, final_eval=True, extra=extra), ray_cluster))
+    losses = [r["train/loss"] for r in records(tmp_path)]
+    assert len(losses) == WARM_STEPS and sum(losses[-5:]) < sum(losses[:5])
+    samples = [json.loads(line) for line in (tmp_path / "final_eval_samples.jsonl").read_text().splitlines()]
+
+    def format_rate(model: str) -> float:
+        mine = [s["format_ok"] for s in samples if s["model"] == model and s["mode"] == "cot"]
+        return sum(mine) / len(mine)
+
+    assert format_rate("base") == 0.0 and format_rate("final") >= 0.5
+
+
+WARM_STEPS = 60
