@@ -538,6 +538,7 @@ def header(config: Config, args: argparse.Namespace) -> str:
     import ray
 
     from medr3.console import short_path
+    from medr3.hardware import resolve_model_dtype, resolve_precision
 
     resources = ray.cluster_resources()
     nodes = sum(node["Alive"] for node in ray.nodes())
@@ -548,8 +549,9 @@ def header(config: Config, args: argparse.Namespace) -> str:
     return "\n".join(
         [
             f"Med-R³ progressive job: {short_path(args.config)}{overrides}",
-            f"  model    {short_path(config.model.path)} (generator {config.model.dtype}, learner "
-            f"{config.learner.precision}, {config.learner.replicas} rank(s) ZeRO-{config.learner.zero_stage})",
+            f"  model    {short_path(config.model.path)} (generator {resolve_model_dtype(config.model.dtype)}, "
+            f"learner {resolve_precision(config.learner.precision)}, {config.learner.replicas} rank(s) "
+            f"ZeRO-{config.learner.zero_stage})",
             f"  stages   {stages} steps; {g.prompts_per_step} prompts × {g.samples_per_prompt} samples{evaluation}",
             f"  cluster  {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU on {nodes} node(s)",
             f"  output   {short_path(out)} (config.yaml, metrics.jsonl, checkpoints/, "
