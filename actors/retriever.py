@@ -3,12 +3,15 @@ handle.
 
 A replica serves `config.max_concurrency` concurrent batch searches (a threaded actor: the Qdrant engine and torch
 release the GIL in their kernels). The pool round-robins over replicas; a call that times out or hits a dead replica
-is retried on the next one (up to `config.retries` times), and Ray restarts dead replicas in the background.
+is retried on the next one (up to `config.retries` times), and Ray restarts dead replicas in the background. A Qdrant
+server that goes away is waited for: the search is retried with backoff for `config.retry_seconds`, then fails with
+RetrievalError naming the URL.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Sequence
 
@@ -17,7 +20,10 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.cluster import actor_env
 from medr3.config import RetrieverConfig
+from medr3.retrieval.store import StoreUnavailableError
 from medr3.retry import retry
+
+log = logging.getLogger(__name__)
 
 
 class RetrievalError(RuntimeError):
@@ -83,6 +89,44 @@ class SearchPool:
         sources: Sequence[str] | None = None,
         mode: str | None = None,
     ) -> list[list[dict]]:
+        """`_search_replicas`, retried with backoff for `config.retry_seconds` while the Qdrant server is unreachable
+        (a replica's client gives up on it within timeout_s); then RetrievalError naming the URL and what to do."""
+        url, limit, start, failures = self.config.url, self.config.retry_seconds, time.monotonic(), []
+
+        def on_outage(attempt: int, err: BaseException) -> None:
+            failures.append(err)
+            if attempt == 1:  # our loggers' warnings reach the console: the user sees why the job pauses
+                log.warning("Qdrant server at %s unreachable; retrying for up to %gs", url, limit)
+            else:
+                log.info("Qdrant server at %s unreachable for %.1fs: %s", url, time.monotonic() - start, _cause(err))
+
+        try:
+            results = retry(
+                lambda: self._search_replicas(queries, k, sources, mode),
+                deadline_s=limit,
+                retry_on=(StoreUnavailableError,),
+                backoff_s=0.5,
+                max_backoff_s=5.0,
+                on_failure=on_outage,
+            )
+        except StoreUnavailableError as err:
+            raise RetrievalError(
+                f"Qdrant server at {url} unreachable: searches retried for {time.monotonic() - start:.0f}s "
+                f"({len(failures)} attempt(s); retriever.retry_seconds = {limit:g}); last error: {_cause(err)}. "
+                "Check that the server runs and retriever.url reaches it, then rerun the same command: a training "
+                "job resumes from its last checkpoint (a larger retriever.retry_seconds rides out longer outages)."
+            ) from err
+        if failures:
+            log.warning("Qdrant server at %s is back after %.1fs", url, time.monotonic() - start)
+        return results
+
+    def _search_replicas(
+        self,
+        queries: Sequence[str],
+        k: int | None = None,
+        sources: Sequence[str] | None = None,
+        mode: str | None = None,
+    ) -> list[list[dict]]:
         """One batched search on the next replica; on a timeout or dead replica, retry on the following ones."""
         errors: list[str] = []
 
@@ -90,7 +134,9 @@ class SearchPool:
             i, start = next(self._next), time.perf_counter()
             try:
                 ref = self._replicas[i].batch_search.remote(list(queries), k, sources, mode)
-                return ray.get(ref, timeout=self.config.timeout_s)
+                # A replica's client gives up on a silent server within ~1.25 timeout_s (attempts plus waits): wait
+                # past that, so that its StoreUnavailableError, not our timeout, reports the outage.
+                return ray.get(ref, timeout=1.5 * self.config.timeout_s)
             except (RayActorError, GetTimeoutError) as err:
                 errors.append(f"replica {i} after {time.perf_counter() - start:.1f}s: {_cause(err)}")
                 raise
@@ -105,8 +151,9 @@ class SearchPool:
             ray.kill(replica, no_restart=True)
 
 
-def _cause(err: Exception) -> str:
-    """The useful line of a Ray error: the original exception of a failed actor constructor, not Ray's preamble."""
+def _cause(err: BaseException) -> str:
+    """The useful line of a Ray error: the original exception of a failed actor constructor or search, not Ray's
+    preamble."""
     text = str(err)
     for marker in ("StoreUnavailableError: ", "IndexNotReadyError: "):
         if marker in text:

@@ -181,6 +181,13 @@ class RetrieverConfig(Resources):
     sources: list[str] | None = Field(None, description="Only search these corpus sources (default: all).")
     timeout_s: float = Field(10.0, gt=0)
     retries: int = Field(2, ge=0)
+    retry_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Server backend: a search keeps being retried, with backoff, this long while the Qdrant server "
+        "is unreachable; then it fails (RetrievalError naming the URL) and a job stops with its last checkpoint "
+        "valid. 0 = fail at once.",
+    )
     chunk_words: int = Field(200, ge=16, description="Indexer: passages longer than this are split into chunks.")
     chunk_overlap: int = Field(32, ge=0)
     batch_size: int = Field(256, ge=1, description="Indexer: chunks embedded and upserted per batch.")
