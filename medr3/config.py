@@ -110,10 +110,21 @@ class ModelConfig(_Section):
 class DatasetSpec(_Section):
     """One data file and the loader that reads it (see `medr3.data.LOADERS`)."""
 
-    kind: Literal["mirage", "headqa", "pubmedqa", "huatuo"]
+    kind: Literal["mirage", "headqa", "pubmedqa", "huatuo", "jsonl", "json"] = Field(
+        description="The bundled files' own kinds, or a user's questions: `jsonl` (one record a line) or `json` (a "
+        'list of records, or MIRAGE\'s layout), records `{"id", "question", "options"?: {"A": …} | […], "answer": '
+        'letter | text, "evidence_ids"?: […], "reference"?: text}`; no options = an open question (medr3/data.py).'
+    )
     path: InputPath
-    tasks: list[str] | None = Field(None, description="MIRAGE only: which tasks to read (default: all five).")
+    tasks: list[str] | None = Field(
+        None, description="MIRAGE layout only (kinds mirage, json): which tasks to read (default: all of the file's)."
+    )
     limit: int | None = Field(None, ge=1, description="Read at most this many records (after skipping bad ones).")
+
+    def is_mirage(self) -> bool:
+        """Whether this is the MIRAGE benchmark (an evaluation set: never trained on), bundled or a copy of it."""
+        path = Path(self.path)
+        return self.kind == "mirage" or (path.parent.name == "mirage" and path.name.startswith("benchmark"))
 
 
 class DataConfig(_Section):
@@ -361,7 +372,7 @@ class WarmupConfig(_Section):
 
     @model_validator(mode="after")
     def _not_eval(self) -> WarmupConfig:
-        if any(spec.kind == "mirage" for specs in self.specs().values() for spec in specs):
+        if any(spec.is_mirage() for specs in self.specs().values() for spec in specs):
             raise ValueError("MIRAGE is an evaluation benchmark: never train on it (data/README.md)")
         return self
 
@@ -444,7 +455,7 @@ class StageConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> StageConfig:
-        if any(spec.kind == "mirage" for spec in self.train):
+        if any(spec.is_mirage() for spec in self.train):
             raise ValueError("MIRAGE is an evaluation benchmark: never train on it (data/README.md)")
         known = gate_metrics(self.reward.term_names())
         if self.gate and self.gate.metric not in known:

@@ -86,6 +86,19 @@ def test_training_on_an_eval_benchmark_is_rejected(tmp_path):
     bad = "stages.reasoning.train=[{kind: mirage, path: data/eval/mirage/benchmark_with_pmid.json.xz}]"
     with pytest.raises(ConfigError, match="never train on it"):
         load_config(ROOT / "configs/tiny.yaml", [bad])
+    as_json = "stages.joint.train=[{kind: json, path: data/eval/mirage/benchmark_with_pmid.json.xz}]"
+    with pytest.raises(ConfigError, match="never train on it"):  # MIRAGE through the generic kind is still MIRAGE
+        load_config(ROOT / "configs/tiny.yaml", [as_json])
+
+
+def test_a_users_question_files_are_training_data():
+    config = load_config(
+        ROOT / "configs/tiny.yaml",
+        ["stages.joint.train=[{kind: jsonl, path: my/ward_questions.jsonl}, {kind: json, path: my/exam.json}]"],
+    )
+    assert [spec.kind for spec in config.stages.joint.train] == ["jsonl", "json"]
+    with pytest.raises(ConfigError, match="kind"):
+        load_config(ROOT / "configs/tiny.yaml", ["stages.joint.train=[{kind: csv, path: my/q.csv}]"])
 
 
 def test_invalid_yaml_names_the_file(tmp_path):

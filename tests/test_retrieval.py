@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medr3.config import RetrieverConfig
-from medr3.data import Passage
+from medr3.data import DataError, Passage
 from medr3.retrieval.chunking import chunk_passage
 from medr3.retrieval.indexer import build_index
 from medr3.retrieval.manifest import IndexNotReadyError, Manifest, check_index
@@ -237,3 +237,118 @@ def test_hybrid_finds_gold_pmids_at_least_as_often_as_bm25_on_the_default_index(
         searcher.close()
     for task, by_mode in results.items():
         assert by_mode["hybrid"]["hit@10"] >= by_mode["bm25"]["hit@10"], (task, by_mode)
+
+
+class HashEmbedder:
+    """Words hashed into 64 dimensions, unit norm: a deterministic encoder for index tests that need no model."""
+
+    name, dim, max_tokens = "hash", 64, 128
+
+    def encode(self, texts, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        import zlib
+
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                vectors[row, zlib.crc32(word.encode()) % self.dim] += 1.0
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+
+
+def users_corpus(path, repeat: bool = False):
+    """30 passages as a user writes them: ids, texts, some titles, no `source` field."""
+    topics = ["anaphylaxis", "scurvy", "tuberculosis", "malaria", "gout", "asthma"]
+    rows = [
+        {"id": f"ward-{i}", "title": f"{topics[i % 6].title()} note {i}" if i % 2 else "",
+         "text": f"Ward note {i} about {topics[i % 6]}: treatment number {i} and follow-up."}
+        for i in range(30)
+    ]  # fmt: skip
+    rows[7]["text"] = "Intramuscular epinephrine is the first-line treatment of anaphylaxis zymoglossal."
+    if repeat:
+        rows[20]["id"] = "ward-3"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_a_users_corpus_is_indexed_into_its_own_folder_and_searched(tmp_path):
+    corpus = users_corpus(tmp_path / "ward_notes.jsonl")
+    config = RetrieverConfig(index_path=str(tmp_path / "index"), batch_size=8)
+    report = build_index(config, corpus, embedder=HashEmbedder(), progress=False)
+    assert report.points == 30 and report.batches_total == 4 and report.skipped_lines == 0
+    manifest = Manifest.load(config.index_path)
+    assert manifest.complete and manifest.sources == {"ward_notes": 30} and manifest.fingerprint["ids"] == "unique"
+    assert manifest.corpus == str(corpus)
+    searcher = Searcher(config, embedder=HashEmbedder())
+    try:
+        for mode in ("bm25", "dense", "hybrid"):
+            top = searcher.batch_search(["zymoglossal epinephrine anaphylaxis"], k=3, mode=mode)[0]
+            assert top[0]["id"] == top[0]["doc_id"] == "ward-7", mode
+            assert top[0]["source"] == "ward_notes"
+    finally:
+        searcher.close()
+
+
+def test_repeated_corpus_ids_stop_the_build_before_embedding_unless_deduped(tmp_path):
+    corpus = users_corpus(tmp_path / "notes.jsonl", repeat=True)
+    config = RetrieverConfig(index_path=str(tmp_path / "index"), batch_size=8)
+
+    class NoEmbedding(HashEmbedder):
+        def encode(self, texts, batch_size=64, progress=False):
+            raise AssertionError("embedded a corpus with repeated ids")
+
+    with pytest.raises(DataError, match=r"notes\.jsonl:21: id 'ward-3' \(first at .*notes\.jsonl:4\)"):
+        build_index(config, corpus, embedder=NoEmbedding(), progress=False)
+    assert Manifest.load(config.index_path) is None  # nothing written
+    report = build_index(config, corpus, embedder=HashEmbedder(), progress=False, dedupe_ids=True)
+    assert report.renamed_ids == 1 and "1 repeated id(s) renamed" in report.summary()
+    assert Manifest.load(config.index_path).fingerprint["ids"].startswith("unique, repeats renamed")
+    searcher = Searcher(config, embedder=HashEmbedder())
+    try:
+        ids = {d["id"] for d in searcher.batch_search(["ward note 20"], k=30, mode="bm25")[0]}
+    finally:
+        searcher.close()
+    assert {"ward-3", "ward-3~2"} <= ids and len(ids) == 30
+
+
+def test_an_index_built_before_unique_ids_is_searchable_with_a_warning_and_named_on_rebuild(tmp_path, caplog):
+    corpus = users_corpus(tmp_path / "notes.jsonl")
+    config = RetrieverConfig(index_path=str(tmp_path / "index"), batch_size=8)
+    build_index(config, corpus, embedder=HashEmbedder(), progress=False)
+    old = Manifest.load(config.index_path)
+    del old.fingerprint["ids"]  # as artifacts/index/default was built
+    old.save(config.index_path)
+    with caplog.at_level("WARNING", logger="medr3.retrieval.manifest"):
+        assert check_index(config).complete
+    assert "built before passage ids were made unique" in caplog.text and "--force" in caplog.text
+    with pytest.raises(IndexNotReadyError, match="built before passage ids were made unique.*--force"):
+        build_index(config, corpus, embedder=HashEmbedder(), progress=False)
+    assert build_index(config, corpus, embedder=HashEmbedder(), progress=False, force=True).batches_built == 4
+
+
+def test_an_interrupted_build_of_a_users_corpus_says_how_to_resume_it(tmp_path):
+    corpus = users_corpus(tmp_path / "notes.jsonl")
+    config = RetrieverConfig(index_path=str(tmp_path / "index"), batch_size=8)
+
+    def crash(batch: int) -> None:
+        raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(config, corpus, embedder=HashEmbedder(), progress=False, after_batch=crash)
+    with pytest.raises(IndexNotReadyError, match=f"--corpus {corpus} --index-path {config.index_path}"):
+        check_index(config)
+    assert build_index(config, corpus, embedder=HashEmbedder(), progress=False).batches_resumed == 1
+
+
+def test_index_corpus_puts_a_users_corpus_in_a_new_folder_named_after_it(tmp_path):
+    import importlib.util
+
+    from .conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("index_corpus", ROOT / "pipelines/index_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    where = module.index_path_for
+    assert where("/data/ward_notes.jsonl.xz", None, "artifacts/index/default", tmp_path) == str(
+        tmp_path / "artifacts/index/ward_notes"
+    )
+    assert where("/data/ward_notes.jsonl", "/idx/mine", "artifacts/index/default", tmp_path) == "/idx/mine"
+    assert where(None, None, "artifacts/index/default", tmp_path) == "artifacts/index/default"

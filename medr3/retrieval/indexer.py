@@ -20,7 +20,7 @@ from medr3.console import console
 from medr3.data import LoadReport, corpus_files, iter_corpus
 from medr3.embedder import Embedder, load_embedder
 from medr3.retrieval.chunking import chunk_corpus
-from medr3.retrieval.manifest import IndexNotReadyError, Manifest, file_digest
+from medr3.retrieval.manifest import ID_SCHEME, OLD_IDS, IndexNotReadyError, Manifest, file_digest
 from medr3.retrieval.store import SEARCH_FIELD, chunk_payload, open_store
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,14 @@ class IndexReport:
     batches_resumed: int  # skipped because a previous run finished them
     skipped_lines: int  # malformed corpus lines, skipped and counted
     seconds: float
+    renamed_ids: int = 0  # repeated passage ids renamed <id>~2, … (dedupe_ids, or the bundled MedQuAD's own)
 
     def summary(self) -> str:
+        renamed = f"; {self.renamed_ids} repeated id(s) renamed" if self.renamed_ids else ""
         return (
             f"{self.index_path}: complete, {self.points} points; {self.batches_built} batches built, "
             f"{self.batches_resumed} resumed of {self.batches_total}; {self.skipped_lines} malformed corpus "
-            f"line(s) skipped; {self.seconds:.1f}s"
+            f"line(s) skipped{renamed}; {self.seconds:.1f}s"
         )
 
 
@@ -52,19 +54,22 @@ def build_index(
     *,
     embedder: Embedder | None = None,
     force: bool = False,
+    dedupe_ids: bool = False,
     progress: bool = True,
     after_batch: Callable[[int], None] | None = None,
 ) -> IndexReport:
     """Index `corpus` (a jsonl file or folder) into the store `config` names, resuming a matching unfinished build.
 
     `after_batch(b)` runs after batch `b` is recorded (tests use it to interrupt a build). Raises IndexNotReadyError
-    when an existing index was built from other inputs and `force` is not set.
+    when an existing index was built from other inputs and `force` is not set, and DataError when passage ids repeat
+    (unless `dedupe_ids`: see `medr3.data.iter_corpus`).
     """
     start = time.perf_counter()
     index_path = Path(config.index_path)
     reports: list[LoadReport] = []
-    chunks = list(chunk_corpus(iter_corpus(corpus, reports), config.chunk_words, config.chunk_overlap))
+    chunks = list(chunk_corpus(iter_corpus(corpus, reports, dedupe_ids), config.chunk_words, config.chunk_overlap))
     skipped = [f"{r.path}:{where}: {why}" for r in reports for where, why in r.skipped]
+    renamed = sum(len(r.renamed) for r in reports)
     batches = [chunks[i : i + config.batch_size] for i in range(0, len(chunks), config.batch_size)]
     fingerprint = {
         "corpus": [file_digest(f) for f in corpus_files(corpus)],
@@ -76,25 +81,28 @@ def build_index(
         "backend": config.backend,
         "collection": config.collection,
         "url": config.url,
+        "ids": ID_SCHEME["dedupe" if dedupe_ids else "unique"],
     }
     manifest = Manifest.load(index_path)
     if manifest is not None and manifest.fingerprint != fingerprint and not force:
+        if manifest.fingerprint | {"ids": fingerprint["ids"]} == fingerprint:
+            raise IndexNotReadyError(f"{index_path}: {OLD_IDS}; pass --force to rebuild it with unique ids")
         raise IndexNotReadyError(
-            f"{index_path}: holds an index built from other inputs (corpus, embedder, chunking, batch size or "
-            "store); pass --force to rebuild it"
+            f"{index_path}: holds an index built from other inputs (corpus, embedder, chunking, batch size, id "
+            "handling or store); pass --force to rebuild it"
         )
     if manifest is not None and manifest.complete and not force:
         log.info("%s: index already complete (%d points)", index_path, manifest.points_total)
         elapsed = time.perf_counter() - start
         return IndexReport(
-            str(index_path), manifest.points_total, len(batches), 0, len(batches), len(skipped), elapsed
+            str(index_path), manifest.points_total, len(batches), 0, len(batches), len(skipped), elapsed, renamed
         )
 
     embedder = embedder or load_embedder(config.embedder, dtype=config.embed_dtype)
     query_max_tokens, embedder.max_tokens = embedder.max_tokens, config.embed_max_tokens  # documents only
     fresh = manifest is None or force
     if fresh:
-        manifest = Manifest(fingerprint, len(batches), len(chunks), embedder.dim)
+        manifest = Manifest(fingerprint, len(batches), len(chunks), embedder.dim, corpus=str(Path(corpus).resolve()))
         store = open_store(config, dim=embedder.dim)  # deletes whatever a crashed first batch left behind
     else:
         store = open_store(config)
@@ -133,4 +141,4 @@ def build_index(
         embedder.max_tokens = query_max_tokens
     built = len(batches) - resumed
     elapsed = time.perf_counter() - start
-    return IndexReport(str(index_path), points, len(batches), built, resumed, len(skipped), elapsed)
+    return IndexReport(str(index_path), points, len(batches), built, resumed, len(skipped), elapsed, renamed)

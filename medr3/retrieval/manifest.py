@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from medr3.atomic import write_text_atomic
 from medr3.config import RetrieverConfig
 
 MANIFEST_NAME = "manifest.json"
+log = logging.getLogger(__name__)
+
+# The fingerprint's "ids": how passage ids were made unique. Indexes built before (issue 16) have no such key: their
+# bundled MedQuAD ids repeat across its collections, so a result's doc_id may name two passages.
+ID_SCHEME = {"unique": "unique", "dedupe": "unique, repeats renamed <id>~2"}
+OLD_IDS = (
+    "built before passage ids were made unique (the bundled MedQuAD repeated ids such as medquad:0000004-1 across its "
+    "collections, so a search result's doc_id may name two passages)"
+)
 
 
 class IndexNotReadyError(RuntimeError):
@@ -28,7 +38,8 @@ class Manifest:
     """Build state of one index.
 
     `fingerprint` pins the inputs (corpus files by name/size/sha256, embedder, chunking, batch size, backend and
-    collection): a rerun resumes only if it matches. Batches are processed in order, so `batches_done` is a prefix.
+    collection, how repeated passage ids were handled: `ID_SCHEME`): a rerun resumes only if it matches. Batches
+    are processed in order, so `batches_done` is a prefix.
     """
 
     fingerprint: dict
@@ -41,6 +52,7 @@ class Manifest:
     skipped_lines: int = 0
     skipped_examples: list[str] = field(default_factory=list)  # first few "file:line: reason"
     build_seconds: float = 0.0
+    corpus: str = ""  # the corpus file or folder indexed (absolute), so a hint to resume names it
 
     def save(self, index_path: str | Path) -> None:
         """Write atomically: a reader sees the old manifest or the new one, never half of one."""
@@ -67,8 +79,9 @@ def require_complete(index_path: str | Path) -> Manifest:
     if not manifest.complete:
         raise IndexNotReadyError(
             f"{index_path}: index incomplete ({manifest.batches_done}/{manifest.batches_total} batches; interrupted "
-            f"or still building); rerun the indexer to finish it: python pipelines/index_corpus.py --index-path "
-            f"{index_path}"
+            f"or still building); rerun the indexer to finish it: python pipelines/index_corpus.py "
+            + (f"--corpus {manifest.corpus} " if manifest.corpus else "")
+            + f"--index-path {index_path}"
         )
     return manifest
 
@@ -88,6 +101,13 @@ def check_index(config: RetrieverConfig) -> Manifest:
             f"{config.index_path}: collection {config.collection!r}: the index was built with {', '.join(differ)}; "
             f"rebuild it with: python pipelines/index_corpus.py --config <this config> --index-path "
             f"{config.index_path} --force"
+        )
+    if "corpus" in built and "ids" not in built:  # still searchable: a warning, not a refusal
+        log.warning(
+            "%s: %s; rebuild it for unique ids: python pipelines/index_corpus.py --index-path %s --force",
+            config.index_path,
+            OLD_IDS,
+            config.index_path,
         )
     return manifest
 
