@@ -17,7 +17,16 @@ from pathlib import Path
 
 from medr3.atomic import write_text_atomic
 from medr3.config import DatasetSpec
-from medr3.data import Question, load_dataset
+from medr3.data import (
+    DataError,
+    Question,
+    file_stem,
+    is_mirage_layout,
+    load_dataset,
+    mirage_tasks,
+    question_kind,
+    read_json,
+)
 from medr3.protocol import check_format, extract_answer, is_correct, parse
 from medr3.rewards.text import normalize
 from medr3.rollout import Trajectory
@@ -68,6 +77,21 @@ def eval_tasks(data_dir: str | Path) -> dict[str, EvalTask]:
         DatasetSpec(kind="pubmedqa", path=str(data / "train/pubmedqa_pqal_nontest500.jsonl.xz")),
     )
     return tasks
+
+
+def dataset_tasks(path: str | Path) -> dict[str, EvalTask]:
+    """The tasks of a user's question file (`medr3.data`: `jsonl`, or `json` records): one named after the file's
+    stem, or, for a file in MIRAGE's layout, one per task inside it, named as there."""
+    path = Path(path)
+    kind = question_kind(path)
+    if kind == "json":
+        data = read_json(path)
+        if is_mirage_layout(data):
+            return {t: EvalTask(t, t, DatasetSpec(kind="json", path=str(path), tasks=[t])) for t in mirage_tasks(data)}
+    elif not path.is_file():
+        raise DataError(f"{path}: file not found")
+    name = file_stem(path)
+    return {name: EvalTask(name, name, DatasetSpec(kind=kind, path=str(path)))}
 
 
 SLICE_SEED = 0  # every evaluation with the same `limit` sees the same questions: base and final, run after run

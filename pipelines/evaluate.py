@@ -1,14 +1,20 @@
-"""Evaluate a checkpoint or any HF model folder on MIRAGE's five tasks, HEAD-QA dev and PubMedQA non-test, without
-retrieval (chain of thought, the no-search prompt) and retrieval-augmented (the Med-R³ protocol), on Ray actors.
+"""Evaluate a checkpoint or any HF model folder on MIRAGE's five tasks, HEAD-QA dev and PubMedQA non-test, or on a
+user's question files, without retrieval (chain of thought, the no-search prompt) and retrieval-augmented (the Med-R³
+protocol), on Ray actors; several models on the same questions and seeds side by side in one report.
 
     python pipelines/evaluate.py --model runs/default/checkpoints/step-000009/hf [--limit 50] [--n 4 --aggregate mean]
+    python pipelines/evaluate.py --dataset my_questions.jsonl [--dataset exam.json …] --model A --model B
     ray job submit --working-dir . -- python pipelines/evaluate.py --config configs/llama3_8b_8gpu.yaml --model …
 
 Sampling is the release's evaluation setting (temperature 0.6, top-p 0.9); with --n > 1 a question scores by majority
 vote over its samples or by the mean of their correctness. Writes `report.json` and `report.md` (per task and
-average: accuracy, format rate, searches per question) into --out. Rerunning the same command resumes: questions
-already recorded in `partial.json` are skipped, and a finished evaluation only rebuilds its report. Engine and
-library logs go to `<out>/logs/` (`--verbose` shows them live instead).
+average: accuracy, format rate, searches per question) into --out. `--dataset` evaluates a question file (`jsonl` or
+`json`, medr3/data.py; task name = the file's stem, or the tasks inside a file in MIRAGE's layout) instead of the
+bundled tasks (`--tasks` may still add bundled ones). With several `--model`s each model's evaluation goes to
+`<out>/<model>/` and `<out>/report.{json,md,png}` compare them: per mode each model's accuracy with its 95 %
+bootstrap interval and its paired difference against the first model (medr3/comparison.py). Rerunning the same
+command resumes: questions already recorded in `partial.json` are skipped, and a finished evaluation only rebuilds
+its report. Engine and library logs go to `<out>/logs/` (`--verbose` shows them live instead).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from medr3.atomic import write_text_atomic  # noqa: E402
 from medr3.config import Config, ConfigError, load_config, missing_inputs  # noqa: E402
 from medr3.console import console, say, send_logs_to  # noqa: E402
+from medr3.data import DataError  # noqa: E402
 from medr3.evaluation import (  # noqa: E402
     AGGREGATES,
     MODES,
@@ -33,6 +40,7 @@ from medr3.evaluation import (  # noqa: E402
     EvaluationError,
     PartialResults,
     build_report,
+    dataset_tasks,
     eval_tasks,
     evaluate_task,
     load_task,
@@ -49,9 +57,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "configs/default.yaml"), help="Run config: actors and resources.")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config key.")
-    p.add_argument("--model", help="HF model folder to evaluate (a checkpoint's hf/); default: the config's model.")
-    p.add_argument("--out", help="Output folder (default: runs/eval/<model folder name>).")
-    p.add_argument("--tasks", nargs="+", help="Tasks to evaluate (default: all).")
+    p.add_argument(
+        "--model",
+        action="append",
+        help="HF model folder to evaluate (a checkpoint's hf/); default: the config's model. Repeat it to compare "
+        "models on the same questions and seeds (the first is the baseline).",
+    )
+    p.add_argument(
+        "--out", help="Output folder (default: runs/eval/<model folder name>, or runs/eval/compare-<A>-vs-<B>)."
+    )
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="A question file (.jsonl or .json, optionally .gz/.xz) to evaluate; repeatable.",
+    )
+    p.add_argument(
+        "--tasks", nargs="+", help="Tasks to evaluate (default: the --dataset files' tasks, else every bundled one)."
+    )
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="cot: no search; rag: ours.")
     p.add_argument("--n", type=int, default=1, help="Samples per question.")
     p.add_argument("--aggregate", choices=AGGREGATES, default="majority", help="Over the n samples of a question.")
@@ -69,9 +93,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def settings_of(args: argparse.Namespace, config: Config) -> dict:
-    """What the generated samples depend on; partial results from other settings are never reused."""
-    return {
+def settings_of(args: argparse.Namespace, config: Config, tasks: list[EvalTask] = ()) -> dict:
+    """What the generated samples depend on; partial results from other settings are never reused. A user's question
+    files are named by path (`datasets`), so another file under the same task name never counts as done."""
+    datasets = {t.name: t.spec.path for t in tasks if t.spec.kind in ("jsonl", "json")}
+    return ({"datasets": datasets} if datasets else {}) | {
         "model": config.model.path,
         "n": args.n,
         "temperature": args.temperature,
@@ -94,6 +120,35 @@ def use_model(config: Config, model: str | None) -> None:
     config.model.path = str(path)
     if (path / "tokenizer_config.json").exists():
         config.model.tokenizer = None
+
+
+def model_labels(paths: list[str]) -> list[str]:
+    """Short distinct names for model folders: the fewest trailing path parts that tell them apart, a checkpoint's
+    `hf` dropped (`runs/a/checkpoints/step-000040/hf` -> `step-000040`)."""
+    parts = [[p for p in Path(path).parts if p != "/"] for path in paths]
+    parts = [p[:-1] if len(p) > 1 and p[-1] == "hf" else p for p in parts]
+    for k in range(1, max(map(len, parts)) + 1):
+        labels = ["-".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    raise ValueError(f"the same model given twice: {paths}")
+
+
+def select_tasks(args: argparse.Namespace, data_dir: Path) -> list[EvalTask]:
+    """The tasks to evaluate: `--tasks` among the bundled ones and those of the `--dataset` files (a file's task takes
+    a bundled task's name over), by default every task of the files, or every bundled task when there is none.
+    Raises ValueError (an unknown task, one task name in two files) or DataError (an unreadable file)."""
+    mine: dict[str, EvalTask] = {}
+    for path in args.dataset:
+        for name, task in dataset_tasks(Path(path).resolve()).items():
+            if name in mine:
+                raise ValueError(f"task {name!r} is in both {mine[name].spec.path} and {task.spec.path}")
+            mine[name] = task
+    available = eval_tasks(data_dir) | mine
+    unknown = [name for name in args.tasks or [] if name not in available]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown} (known: {list(available)})")
+    return [available[name] for name in args.tasks or list(mine or available)]
 
 
 def missing_eval_inputs(config: Config, tasks: list[EvalTask], modes: list[str]) -> list[str]:
@@ -170,6 +225,37 @@ def evaluate(
     return records
 
 
+def evaluate_model(
+    config: Config, args: argparse.Namespace, tasks: list[EvalTask], out: Path, logs: Path
+) -> tuple[dict, dict]:
+    """One model's evaluation into `out` (partial.json, report.json, report.md): `(report, records[mode][task])`."""
+    settings = settings_of(args, config, tasks)
+    partial = PartialResults(out / "partial.json", settings, fresh=args.fresh)
+    records = evaluate(config, args, tasks, partial, logs)
+    report = build_report(records, {t.name: t for t in tasks}, {**settings, "aggregate": args.aggregate})
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_text_atomic(out / "report.md", markdown(report))
+    return report, records
+
+
+def write_comparison(out: Path, labels: list[str], configs: list[Config], reports: list[dict], records: list[dict],
+                     aggregate: str) -> str:  # fmt: skip
+    """`report.json`, `report.md` and `report.png` in `out` comparing the models; returns the Markdown."""
+    from medr3.comparison import compare, plot
+    from medr3.comparison import markdown as comparison_markdown
+
+    comparison = compare(dict(zip(labels, records, strict=True)), aggregate)
+    models = {label: c.model.path for label, c in zip(labels, configs, strict=True)}
+    settings = {k: v for k, v in reports[0]["settings"].items() if k != "model"}
+    caveat = next((r["oracle_caveat"] for r in reports if r["oracle_caveat"]), None)
+    table = comparison_markdown(comparison, models, settings, caveat)
+    report = {"settings": settings, "models": models, **comparison, "oracle_caveat": caveat}
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_text_atomic(out / "report.md", table)
+    plot(comparison, out / "report.png")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     base = Path(os.environ.get("MEDR3_ROOT") or Path.cwd())
@@ -178,14 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         say(f"error: {err}", err=True)
         return 2
-    use_model(config, args.model)
-    available = eval_tasks(Path(args.data_dir) if args.data_dir else base / "data")
-    unknown = sorted(set(args.tasks or []) - set(available))
-    if unknown:
-        say(f"error: unknown task(s) {unknown} (known: {list(available)})", err=True)
+    configs = []
+    for model in args.model or [None]:
+        configs.append(config.model_copy(deep=True))
+        use_model(configs[-1], model)
+    try:
+        tasks = select_tasks(args, Path(args.data_dir) if args.data_dir else base / "data")
+        labels = model_labels([c.model.path for c in configs])
+    except (DataError, ValueError) as err:
+        say(f"error: {err}", err=True)
         return 2
-    tasks = [available[name] for name in (args.tasks or available)]
-    missing = missing_eval_inputs(config, tasks, args.modes)
+    missing = list(dict.fromkeys(p for c in configs for p in missing_eval_inputs(c, tasks, args.modes)))
     if missing:
         say("error: inputs missing (run ./setup.sh to build models and index):\n  " + "\n  ".join(missing), err=True)
         return 2
@@ -195,23 +284,33 @@ def main(argv: list[str] | None = None) -> int:
     except IndexNotReadyError as err:
         say(f"error: {err}", err=True)
         return 2
-    out = Path(args.out) if args.out else base / "runs/eval" / Path(config.model.path).name
-    settings = settings_of(args, config)
+    compare = len(configs) > 1
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = base / "runs/eval" / ("compare-" + "-vs-".join(labels) if compare else Path(config.model.path).name)
+    outs = [out / label for label in labels] if compare else [out]
     log_file = send_logs_to(out / "logs", "evaluate", args.verbose)
+    reports, records = [], []
     try:
-        partial = PartialResults(out / "partial.json", settings, fresh=args.fresh)
-        records = evaluate(config, args, tasks, partial, out / "logs")
+        for label, model_config, model_out in zip(labels, configs, outs, strict=True):
+            if compare:
+                say(f"[eval] {label}: {model_config.model.path}")
+            report, by_mode = evaluate_model(model_config, args, tasks, model_out, out / "logs")
+            reports.append(report)
+            records.append(by_mode)
     except Exception as err:  # settings mismatch, an actor that cannot start, a crash
         log.exception("the evaluation failed")
         say(f"error: {err}" + ("" if isinstance(err, EvaluationError) else f"\n  (traceback in {log_file})"), err=True)
         return 1
-    report = build_report(records, {t.name: t for t in tasks}, {**settings, "aggregate": args.aggregate})
-    table = markdown(report)
-    write_text_atomic(out / "report.json", json.dumps(report, indent=1))
-    write_text_atomic(out / "report.md", table)
-    say(table)
-    if report["oracle_caveat"]:
-        say(f"[caveat] {report['oracle_caveat']}")
+    if compare:
+        say(write_comparison(out, labels, configs, reports, records, args.aggregate))
+        say(f"[eval] wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'report.png'} (each model's own "
+            f"report in {out}/<model>/)")  # fmt: skip
+        return 0
+    say(markdown(reports[0]))
+    if reports[0]["oracle_caveat"]:
+        say(f"[caveat] {reports[0]['oracle_caveat']}")
     say(f"[eval] wrote {out / 'report.json'} and {out / 'report.md'}")
     return 0
 

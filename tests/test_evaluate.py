@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from medr3.data import Question
+from medr3.config import load_config
+from medr3.data import DataError, Question
 from medr3.evaluation import (
     ORACLE_CAVEAT,
     EvaluationError,
@@ -190,3 +191,122 @@ def test_a_limited_slice_is_a_fixed_sample_spread_over_the_task_not_its_first_qu
     assert [q.id for q in first] == [q.id for q in again]  # base and final see the same questions
     # MIRAGE sorts PubMedQA* by answer: its first 276 are all "yes"; a fair slice holds every answer
     assert {q.answer_letter for q in first} == {"A", "B", "C"}
+
+
+def load_evaluate_pipeline():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_pipeline", ROOT / "pipelines/evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_users_files_are_tasks_by_stem_or_by_the_mirage_tasks_inside(tmp_path):
+    from medr3.evaluation import dataset_tasks
+
+    (tmp_path / "ward.jsonl.xz").write_bytes(b"")
+    (tmp_path / "exam.json").write_text(json.dumps([{"id": 1, "question": "Q?", "answer": "yes"}]))
+    (tmp_path / "hospital.json").write_text(json.dumps({"cardiology": {}, "medqa": {}}))
+    assert {n: t.spec.kind for n, t in dataset_tasks(tmp_path / "ward.jsonl.xz").items()} == {"ward": "jsonl"}
+    assert {n: t.spec.kind for n, t in dataset_tasks(tmp_path / "exam.json").items()} == {"exam": "json"}
+    mirage = dataset_tasks(tmp_path / "hospital.json")
+    assert list(mirage) == ["medqa", "cardiology"] and mirage["cardiology"].spec.tasks == ["cardiology"]
+    with pytest.raises(DataError, match="must be .jsonl or .json"):
+        dataset_tasks(tmp_path / "notes.csv")
+    with pytest.raises(DataError, match="file not found"):
+        dataset_tasks(tmp_path / "missing.jsonl")
+
+
+def test_dataset_files_replace_the_bundled_tasks_unless_tasks_names_them(tmp_path):
+    evaluate = load_evaluate_pipeline()
+    (tmp_path / "ward.jsonl").write_text(json.dumps({"id": 1, "question": "Q?", "answer": "yes"}) + "\n")
+    args = evaluate.parse_args(["--dataset", str(tmp_path / "ward.jsonl")])
+    assert [t.name for t in evaluate.select_tasks(args, ROOT / "data")] == ["ward"]
+    args = evaluate.parse_args(["--dataset", str(tmp_path / "ward.jsonl"), "--tasks", "ward", "mmlu"])
+    assert [t.name for t in evaluate.select_tasks(args, ROOT / "data")] == ["ward", "mmlu"]
+    assert len(evaluate.select_tasks(evaluate.parse_args([]), ROOT / "data")) == 7
+    twice = evaluate.parse_args(["--dataset", str(tmp_path / "ward.jsonl")] * 2)
+    with pytest.raises(ValueError, match="task 'ward' is in both"):
+        evaluate.select_tasks(twice, ROOT / "data")
+
+
+def test_models_are_labelled_by_the_fewest_path_parts_that_tell_them_apart():
+    labels = load_evaluate_pipeline().model_labels
+    assert labels(["/r/a/checkpoints/step-000009/hf", "/r/a/checkpoints/step-000040/hf"]) == [
+        "step-000009",
+        "step-000040",
+    ]
+    assert labels(["/artifacts/models/smollm2", "/runs/x/checkpoints/step-1/hf"]) == ["smollm2", "step-1"]
+    assert labels(["/runs/a/step-1/hf", "/runs/b/step-1/hf"]) == ["a-step-1", "b-step-1"]
+    with pytest.raises(ValueError, match="the same model given twice"):
+        labels(["/m/x", "/m/x"])
+
+
+def test_two_models_on_a_users_mirage_layout_and_open_question_files_make_one_comparison_report(tmp_path, monkeypatch):
+    """pipelines/evaluate.py as a user runs it, `--dataset` twice and `--model` twice, on results already recorded
+    (so no engine starts): an open-question file scored on its text and a MIRAGE-layout file outside data/."""
+    monkeypatch.setenv("MEDR3_ROOT", str(ROOT))
+    evaluate = load_evaluate_pipeline()
+    elsewhere = tmp_path / "hospital"
+    elsewhere.mkdir()
+    mcq = {"options": {"A": "Epinephrine", "B": "Atropine"}, "answer": "A"}
+    (elsewhere / "exam.json").write_text(json.dumps({
+        "cardiology": {f"c{i}": {"question": f"Cardiology {i}?", **mcq} for i in range(4)},
+        "oncology": {f"o{i}": {"question": f"Oncology {i}?", **mcq} for i in range(2)},
+    }))  # fmt: skip
+    open_questions = [("What causes tuberculosis?", "Mycobacterium tuberculosis"),
+                      ("Which vitamin prevents scurvy?", "Vitamin C")]  # fmt: skip
+    (tmp_path / "ward.jsonl").write_text(
+        "".join(json.dumps({"id": i, "question": q, "answer": a}) + "\n" for i, (q, a) in enumerate(open_questions))
+    )
+    models = []
+    for name in ("base", "tuned"):
+        models.append(tmp_path / "models" / name)
+        models[-1].mkdir(parents=True)
+        (models[-1] / "config.json").write_text("{}")
+        (models[-1] / "tokenizer_config.json").write_text("{}")
+    out = tmp_path / "out"
+    argv = ["--config", str(ROOT / "configs/tiny.yaml"), "--modes", "cot", "--dataset", str(elsewhere / "exam.json"),
+            "--dataset", str(tmp_path / "ward.jsonl"), "--model", str(models[0]), "--model", str(models[1]),
+            "--out", str(out)]  # fmt: skip
+
+    # What each model answered: the base model gets 2/4 cardiology, 1/2 oncology and no open question right; the
+    # tuned one 4/4, 1/2 and both open questions (in other words than the gold text).
+    said = {
+        "base": {"cardiology": "AABB", "oncology": "AB", "ward": ["a virus", "Vitamin D"]},
+        "tuned": {"cardiology": "AAAA", "oncology": "BA", "ward": ["mycobacterium tuberculosis.", "vitamin c"]},
+    }
+    args = evaluate.parse_args(argv)
+    tasks = evaluate.select_tasks(args, ROOT / "data")
+    assert [t.name for t in tasks] == ["cardiology", "oncology", "ward"]
+    for name, model in zip(("base", "tuned"), models, strict=True):
+        config = load_config(args.config)
+        evaluate.use_model(config, str(model))
+        results = {}
+        for t in tasks:
+            questions = load_task(t)
+            trajs = [traj(q, 0, a) for q, a in zip(questions, said[name][t.name], strict=True)]
+            results[t.name] = {r["id"]: r for r in (question_record([x]) for x in trajs)}
+        partial = {"settings": evaluate.settings_of(args, config, tasks), "results": {"cot": results}}
+        (out / name).mkdir(parents=True)
+        (out / name / "partial.json").write_text(json.dumps(partial))
+
+    result = subprocess.run([sys.executable, str(ROOT / "pipelines/evaluate.py"), *argv], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300, env={**os.environ, "MEDR3_ROOT": str(ROOT)})  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert result.stdout.count("already recorded") == 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"] == {"base": str(models[0]), "tuned": str(models[1])} and report["baseline"] == "base"
+    rows = report["modes"]["cot"]["models"]
+    assert rows["base"]["tasks"] == {"cardiology": 50.0, "oncology": 50.0, "ward": 0.0}
+    assert rows["tuned"]["tasks"] == {"cardiology": 100.0, "oncology": 50.0, "ward": 100.0}
+    assert rows["base"]["average"] == pytest.approx(100 / 3) and rows["tuned"]["average"] == pytest.approx(250 / 3)
+    assert rows["tuned"]["difference"] == pytest.approx(50.0)
+    assert rows["tuned"]["difference_interval"][0] > 0  # every resample of these questions favours the tuned model
+    assert "| tuned | 100.0 | 50.0 | 100.0 | 83.3 [" in (out / "report.md").read_text()
+    assert (out / "report.png").stat().st_size > 0 and "| tuned | 100.0 | 50.0 | 100.0 | 83.3 [" in result.stdout
+    for name in ("base", "tuned"):  # each model's own report, as a single-model run writes it
+        own = json.loads((out / name / "report.json").read_text())
+        assert list(own["modes"]["cot"]["tasks"]) == ["cardiology", "oncology", "ward"]
+        assert own["settings"]["datasets"]["ward"] == str(tmp_path / "ward.jsonl")
