@@ -266,8 +266,8 @@ def question_kind(path: str | Path) -> str:
     raise DataError(f"{path}: a question file must be .jsonl or .json (optionally .gz / .xz)")
 
 
-def _user_question(obj: dict, prefix: str, source: str) -> Question:
-    """One record of a user's question file (module docstring); its id becomes `<prefix>:<id>`."""
+def _user_question(obj: dict, stem: str) -> Question:
+    """One record of a user's question file (module docstring), from the file named `stem`: id `<stem>:<id>`."""
     qid = obj.get("id")
     if isinstance(qid, bool) or not isinstance(qid, str | int) or not str(qid).strip():
         raise ValueError("field 'id' missing or not a string / integer")
@@ -297,14 +297,14 @@ def _user_question(obj: dict, prefix: str, source: str) -> Question:
     if reference is not None and not isinstance(reference, str):
         raise ValueError("field 'reference' must be a string")
     return Question(
-        id=f"{prefix}:{str(qid).strip()}",
+        id=f"{stem}:{str(qid).strip()}",
         question=_text(obj, "question"),
         options=options,
         answer_letter=letter,
         answer_text=options[letter] if letter else answer,
         evidence_ids=tuple(str(e) for e in evidence),
         references=(reference.strip(),) if reference and reference.strip() else (),
-        source=source,
+        source=stem,
     )
 
 
@@ -313,7 +313,7 @@ def _user_questions(path, report: LoadReport, records: Iterator[tuple[str, dict]
     stem, first_at = file_stem(path), {}
 
     def build(location: str, obj: dict) -> Question:
-        q = _user_question(obj, stem, stem)
+        q = _user_question(obj, stem)
         if q.id in first_at:
             raise ValueError(f"duplicate id {q.id.split(':', 1)[1]!r} (first at {first_at[q.id]})")
         first_at[q.id] = location
