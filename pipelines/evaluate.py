@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
     else:
-        out = base / "runs/eval" / ("compare-" + "-vs-".join(labels) if compare else Path(config.model.path).name)
+        out = base / "runs/eval" / ("compare-" + "-vs-".join(labels) if compare else Path(configs[0].model.path).name)
     outs = [out / label for label in labels] if compare else [out]
     log_file = send_logs_to(out / "logs", "evaluate", args.verbose)
     reports, records = [], []

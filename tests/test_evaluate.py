@@ -310,3 +310,13 @@ def test_two_models_on_a_users_mirage_layout_and_open_question_files_make_one_co
         own = json.loads((out / name / "report.json").read_text())
         assert list(own["modes"]["cot"]["tasks"]) == ["cardiology", "oncology", "ward"]
         assert own["settings"]["datasets"]["ward"] == str(tmp_path / "ward.jsonl")
+    # One model alone, no --out: its report goes to runs/eval/<model folder> under MEDR3_ROOT, as before.
+    single = argv[: argv.index("--model")] + ["--model", str(models[1])]
+    (tmp_path / "runs/eval/tuned").mkdir(parents=True)
+    (tmp_path / "runs/eval/tuned/partial.json").write_text((out / "tuned" / "partial.json").read_text())
+    env = {**os.environ, "MEDR3_ROOT": str(tmp_path)}
+    command = [sys.executable, str(ROOT / "pipelines/evaluate.py"), *single]
+    alone = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert alone.returncode == 0 and "already recorded" in alone.stdout, (alone.stdout + alone.stderr)[-4000:]
+    own = json.loads((tmp_path / "runs/eval/tuned/report.json").read_text())
+    assert own["modes"]["cot"]["tasks"]["ward"]["accuracy"] == 1.0
