@@ -115,7 +115,7 @@ def test_the_run_folder_holds_its_resolved_config_and_says_how_to_resume_evaluat
     readme = (tmp_path / "summary.md").read_text().split("\n\n")[0]
     commands = [line.split("`")[1].split()[1:] for line in readme.splitlines()[1:]]
     assert commands[0] == ["pipelines/progressive.py", "--config", f"{tmp_path}/config.yaml"]
-    assert evaluate.parse_args(commands[1][1:]).model == f"{last}/hf"
+    assert evaluate.parse_args(commands[1][1:]).model == [f"{last}/hf"]
     assert commands[2] == ["-m", "serve.app", "--config", f"{tmp_path}/config.yaml", "--checkpoint", f"{last}/hf"]
     out = capsys.readouterr().out
     assert "[reasoning   1/4   | step    1]" in out and "ETA stage" in out and "[gate] reasoning" in out
