@@ -26,6 +26,7 @@ from medr3.evaluation import (
     summarize,
 )
 from medr3.rollout import Trajectory
+from pipelines import evaluate
 
 from .conftest import ROOT
 
@@ -193,15 +194,6 @@ def test_a_limited_slice_is_a_fixed_sample_spread_over_the_task_not_its_first_qu
     assert {q.answer_letter for q in first} == {"A", "B", "C"}
 
 
-def load_evaluate_pipeline():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("evaluate_pipeline", ROOT / "pipelines/evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_users_files_are_tasks_by_stem_or_by_the_mirage_tasks_inside(tmp_path):
     from medr3.evaluation import dataset_tasks
 
@@ -219,7 +211,6 @@ def test_a_users_files_are_tasks_by_stem_or_by_the_mirage_tasks_inside(tmp_path)
 
 
 def test_dataset_files_replace_the_bundled_tasks_unless_tasks_names_them(tmp_path):
-    evaluate = load_evaluate_pipeline()
     (tmp_path / "ward.jsonl").write_text(json.dumps({"id": 1, "question": "Q?", "answer": "yes"}) + "\n")
     args = evaluate.parse_args(["--dataset", str(tmp_path / "ward.jsonl")])
     assert [t.name for t in evaluate.select_tasks(args, ROOT / "data")] == ["ward"]
@@ -232,7 +223,7 @@ def test_dataset_files_replace_the_bundled_tasks_unless_tasks_names_them(tmp_pat
 
 
 def test_models_are_labelled_by_the_fewest_path_parts_that_tell_them_apart():
-    labels = load_evaluate_pipeline().model_labels
+    labels = evaluate.model_labels
     assert labels(["/r/a/checkpoints/step-000009/hf", "/r/a/checkpoints/step-000040/hf"]) == [
         "step-000009",
         "step-000040",
@@ -247,7 +238,6 @@ def test_two_models_on_a_users_mirage_layout_and_open_question_files_make_one_co
     """pipelines/evaluate.py as a user runs it, `--dataset` twice and `--model` twice, on results already recorded
     (so no engine starts): an open-question file scored on its text and a MIRAGE-layout file outside data/."""
     monkeypatch.setenv("MEDR3_ROOT", str(ROOT))
-    evaluate = load_evaluate_pipeline()
     elsewhere = tmp_path / "hospital"
     elsewhere.mkdir()
     mcq = {"options": {"A": "Epinephrine", "B": "Atropine"}, "answer": "A"}

@@ -339,14 +339,8 @@ def test_an_interrupted_build_of_a_users_corpus_says_how_to_resume_it(tmp_path):
 
 
 def test_index_corpus_puts_a_users_corpus_in_a_new_folder_named_after_it(tmp_path):
-    import importlib.util
+    from pipelines.index_corpus import index_path_for as where
 
-    from .conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("index_corpus", ROOT / "pipelines/index_corpus.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    where = module.index_path_for
     assert where("/data/ward_notes.jsonl.xz", None, "artifacts/index/default", tmp_path) == str(
         tmp_path / "artifacts/index/ward_notes"
     )
