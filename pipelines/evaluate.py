@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from medr3.atomic import write_text_atomic  # noqa: E402
 from medr3.config import Config, ConfigError, load_config, missing_inputs  # noqa: E402
 from medr3.console import console, say, send_logs_to  # noqa: E402
-from medr3.data import DataError  # noqa: E402
+from medr3.data import DataError, load_dataset  # noqa: E402
 from medr3.evaluation import (  # noqa: E402
     AGGREGATES,
     MODES,
@@ -225,6 +225,19 @@ def evaluate(
     return records
 
 
+def check_datasets(tasks: list[EvalTask]) -> None:
+    """Read each user's question file once before anything starts: say what was skipped (file, line, why), and raise
+    DataError for a task with no readable question."""
+    for task in tasks:
+        if task.spec.kind in ("jsonl", "json"):
+            questions, report = load_dataset(task.spec)
+            if report.skipped:
+                where, why = report.skipped[0]
+                say(f"[data] {task.name}: {report.summary()} (first: {where}: {why})")
+            if not questions:
+                raise DataError(f"{task.spec.path}: task {task.name!r} has no readable question")
+
+
 def evaluate_model(
     config: Config, args: argparse.Namespace, tasks: list[EvalTask], out: Path, logs: Path
 ) -> tuple[dict, dict]:
@@ -270,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         use_model(configs[-1], model)
     try:
         tasks = select_tasks(args, Path(args.data_dir) if args.data_dir else base / "data")
+        check_datasets(tasks)
         labels = model_labels([c.model.path for c in configs])
     except (DataError, ValueError) as err:
         say(f"error: {err}", err=True)

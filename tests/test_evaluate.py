@@ -249,6 +249,7 @@ def test_two_models_on_a_users_mirage_layout_and_open_question_files_make_one_co
                       ("Which vitamin prevents scurvy?", "Vitamin C")]  # fmt: skip
     (tmp_path / "ward.jsonl").write_text(
         "".join(json.dumps({"id": i, "question": q, "answer": a}) + "\n" for i, (q, a) in enumerate(open_questions))
+        + '{"id": 9, "question": "No answer?"}\n'
     )
     models = []
     for name in ("base", "tuned"):
@@ -286,6 +287,7 @@ def test_two_models_on_a_users_mirage_layout_and_open_question_files_make_one_co
                             text=True, cwd=ROOT, timeout=300, env={**os.environ, "MEDR3_ROOT": str(ROOT)})  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert result.stdout.count("already recorded") == 2
+    assert "[data] ward: " in result.stdout and "2 loaded, 1 skipped (first: line 3: field 'answer'" in result.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["models"] == {"base": str(models[0]), "tuned": str(models[1])} and report["baseline"] == "base"
     rows = report["modes"]["cot"]["models"]
