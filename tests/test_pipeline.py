@@ -292,6 +292,7 @@ def test_warm_start_teaches_the_tiny_model_the_protocol_format(ray_cluster, tmp_
     extra = [
         f"model.path={tiny_model_dir}",
         "stages.warmup.mix={mcq: 1.0}",
+        "stages.warmup.lr=2e-3",
         "run.final_eval_tasks=[mmlu]",
         "run.final_eval_limit=16",
     ]
@@ -307,4 +308,4 @@ def test_warm_start_teaches_the_tiny_model_the_protocol_format(ray_cluster, tmp_
     assert format_rate("base") == 0.0 and format_rate("final") >= 0.5
 
 
-WARM_STEPS = 60
+WARM_STEPS = 300
