@@ -476,12 +476,19 @@ class StagesConfig(_Section):
 class ServeConfig(_Section):
     """The Ray Serve endpoint (`serve/app.py`): where it listens, who may call it, request limits, replicas.
 
-    Generation settings (max_model_len, KV cache, dtype) come from `generator`, retrieval from `retriever`, so a
-    model is served exactly as it was trained.
+    Two deployments: a light ingress (HTTP, the key, validation; it answers a JSON 503 at once while no model
+    replica is alive) and the model replicas, each a vLLM engine and a search pool. Generation settings
+    (max_model_len, KV cache, dtype) come from `generator`, retrieval from `retriever`; documents per search,
+    searches and the response budget default to the training run's (`serve.app.as_trained`), so a model is served
+    as it was trained.
     """
 
-    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds (`python -m serve.app`, the bench).")
-    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP proxy binds (`python -m serve.app`, the bench; a Serve config file sets its "
+        "own in http_options). Any non-loopback address needs an API key (api_key_env).",
+    )
+    port: int = Field(8000, ge=1, le=65535, description="Port the HTTP proxy listens on (as for host).")
     api_key_env: str = Field(
         "MEDR3_API_KEY",
         description="Environment variable holding the API key; unset or empty = no key check, which is refused "
@@ -491,24 +498,59 @@ class ServeConfig(_Section):
     checkpoint: ModelPath | None = Field(
         None, description="HF folder to serve (e.g. a run's checkpoints/step-N/hf); default: model.path."
     )
-    replicas: int = Field(1, ge=1, description="Engine replicas when autoscaling is off.")
-    autoscaling: bool = Field(False, description="Scale replicas between min_replicas and max_replicas by load.")
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(32.0, gt=0, description="Autoscaling: in-flight requests per replica.")
-    num_cpus: float = Field(0.5, ge=0, description="CPUs one engine replica reserves (fractional on small machines).")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs one engine replica reserves.")
-    max_ongoing_requests: int = Field(256, ge=1, description="Requests one replica takes at once; more queue.")
-    max_prompt_chars: int = Field(16000, ge=1, description="Limit on a prompt (all messages, or question + options).")
-    max_tokens: int = Field(
-        1024, ge=1, description="Limit of a chat request's max_tokens; the response budget of /v1/answer."
+    replicas: int = Field(
+        1, ge=1, description="Model replicas when autoscaling is off; each holds its own engine and search pool."
     )
-    max_n: int = Field(4, ge=1, description="Limit of a chat request's n.")
-    max_searches: int = Field(4, ge=0, description="Default and limit of searches per response (the release: 4).")
-    top_k: int = Field(5, ge=1, le=100, description="Documents inserted per search (the release: 5).")
+    autoscaling: bool = Field(
+        False, description="Scale model replicas between min_replicas and max_replicas by in-flight requests."
+    )
+    min_replicas: int = Field(
+        1,
+        ge=1,
+        description="Autoscaling: fewest model replicas. At least 1: with none alive requests get a 503 at once "
+        "rather than waiting minutes for an engine to start, so scaling to zero would refuse every request.",
+    )
+    max_replicas: int = Field(2, ge=1, description="Autoscaling: most model replicas.")
+    target_ongoing_requests: float = Field(
+        32.0, gt=0, description="Autoscaling: in-flight requests per model replica it aims at."
+    )
+    num_cpus: float = Field(
+        0.5, ge=0, description="CPUs one model replica reserves (fractional on small machines); the ingress none."
+    )
+    num_gpus: float = Field(0.0, ge=0, description="GPUs one model replica reserves.")
+    max_ongoing_requests: int = Field(
+        256,
+        ge=1,
+        description="Requests one model replica takes at once; more wait in Serve's router. The ingress takes this "
+        "many per model replica (max_replicas when autoscaling).",
+    )
+    max_prompt_chars: int = Field(
+        16000, ge=1, description="Limit on a prompt's characters (all messages, or question + options); more: 400."
+    )
+    max_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Limit of a chat request's max_tokens, and /v1/answer's response budget. Unless set, the "
+        "training run's grpo.max_response_tokens.",
+    )
+    max_n: int = Field(4, ge=1, description="Limit of a chat request's n (choices per request).")
+    max_searches: int = Field(
+        4,
+        ge=0,
+        description="Default and limit of searches per response (the release: 4). Unless set, the training run's "
+        "rollout.max_searches.",
+    )
+    top_k: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Documents inserted per search (the release: 5). Unless set, the training run's retriever.top_k.",
+    )
     temperature: float = Field(0.6, ge=0, description="/v1/answer sampling (the release's evaluation: 0.6).")
     top_p: float = Field(0.9, gt=0, le=1, description="/v1/answer nucleus sampling (the release's evaluation: 0.9).")
-    batch_size: int = Field(16, ge=1, description="/v1/answer: concurrent requests run as one rollout batch.")
+    batch_size: int = Field(
+        16, ge=1, description="/v1/answer: concurrent requests a model replica runs as one rollout batch."
+    )
     batch_wait_s: float = Field(0.02, ge=0, description="/v1/answer: how long a batch waits to fill.")
     snippet_chars: int = Field(300, ge=16, description="/v1/answer: characters of each document's snippet.")
     retrieval: bool = Field(True, description="Serve <search> calls from the retriever's index (false: no search).")
