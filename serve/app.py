@@ -7,16 +7,22 @@
 Routes: `POST /v1/chat/completions` (OpenAI-compatible, SSE streaming), `POST /v1/answer` (the full protocol:
 reasoning, searches with their documents, answer), `GET /v1/models`, `GET /healthz`.
 
-One replica owns a vLLM `AsyncLLM` (continuous batching: every concurrent request shares the engine's steps) and a
-SearchPool. Chat streams tokens as the engine makes them and serves `<search>` calls between turns (serve/chat.py).
-/v1/answer collects concurrent requests with `@serve.batch` and runs them as one `medr3.rollout.Rollout` — the
-training code itself, so one batched search per turn for the whole batch — in a worker thread that hands generation
-back to the event loop.
+Two deployments. `MedR3Server`, the ingress (one light replica), owns HTTP: the API key, body limits, request
+validation, the routes; it calls the model deployment through a `serve.gate.ModelGate`, so that while no model
+replica is alive (killed, or failed) requests and /healthz get a JSON 503 with Retry-After at once instead of waiting
+in Serve's router for a new one, and a request whose replica dies under it gets one too.
+
+`MedR3Model` (`serve.replicas` replicas, or autoscaled) owns a vLLM `AsyncLLM` (continuous batching: every concurrent
+request shares the engine's steps) and a SearchPool. Chat streams tokens as the engine makes them and serves
+`<search>` calls between turns (serve/chat.py). /v1/answer collects concurrent requests with `@serve.batch` and runs
+them as one `medr3.rollout.Rollout` — the training code itself, so one batched search per turn for the whole batch —
+in a worker thread that hands generation back to the event loop. A dead engine is replaced inside the replica, which
+answers JSON 503s with Retry-After meanwhile. What it raises across the handle is always an ApiError.
 
 Served as trained: the protocol settings (documents per search, searches, response budget, document truncation)
 are the training run's, read from the run config saved with the checkpoint (`trained_config_path`), or from the run
 config given when the checkpoint has none; a `serve` key overrides one only when set explicitly. `/v1/models` lists
-what is in effect. A dead engine is replaced inside the replica, which answers JSON 503s with Retry-After meanwhile.
+what is in effect.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import signal
 import sys
 import time
 from collections import defaultdict
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from uuid import uuid4
 
@@ -48,7 +56,8 @@ from medr3.protocol import build_prompt
 from medr3.rollout import Rollout, RolloutSettings, Trajectory
 from serve.auth import InsecureBindError, key_matches, load_key, presented_key, require_key_for_host
 from serve.chat import ChatTurns, chat_prompt
-from serve.responses import answer_body, complete, sse
+from serve.gate import ModelGate
+from serve.responses import answer_body, complete, error_event, sse
 from serve.schemas import ENGINE_RESTARTING, RETRY_AFTER_S, AnswerRequest, ApiError, ChatRequest, Limits, parse_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,19 +75,29 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
     return JSONResponse(ApiError(err.status_code, str(err.detail)).body(), status_code=err.status_code)
 
 
-@api.exception_handler(RetrievalError)
-async def _retrieval_error(request: Request, err: RetrievalError) -> JSONResponse:
-    log.error("retrieval failed: %s", err)
-    return await _api_error(request, ApiError(503, "retrieval is unavailable; try again"))
-
-
 @api.exception_handler(Exception)
 async def _server_error(request: Request, err: Exception) -> JSONResponse:
-    # Our fault, not the client's: log the traceback (no headers, no body), answer without internals.
-    failure = ApiError.from_failure(err)
-    if failure.status == 500:
-        log.exception("%s %s failed", request.method, request.url.path)
-    return await _api_error(request, failure)
+    # The ingress's own fault: log the traceback (no headers, no body), answer without internals.
+    log.exception("%s %s failed", request.method, request.url.path)
+    return await _api_error(request, ApiError.from_failure(err))
+
+
+@contextmanager
+def _as_api_error(what: str) -> Iterator[None]:
+    """In the model replica: any failure becomes the ApiError the client gets (it crosses the handle to the ingress;
+    a library's exception might not even unpickle there). Our own faults are logged with their traceback."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except RetrievalError as err:
+        log.error("retrieval failed: %s", err)
+        raise ApiError(503, "retrieval is unavailable; try again", None, "retrieval_unavailable") from None
+    except Exception as err:
+        failure = ApiError.from_failure(err)
+        if failure.status == 500:
+            log.exception("%s failed", what)
+        raise failure from None
 
 
 def _open_search(config: Config):
@@ -114,22 +133,29 @@ def protocol_in_effect(config: Config, model_path: str) -> dict:
     }
 
 
-# Serve pickles the deployment class by value when it is decorated, with the module globals it uses: everything
-# it calls must be defined above it (or imported).
+async def _relay(first: str, events: AsyncGenerator[str, None]) -> AsyncIterator[str]:
+    try:
+        yield first
+        async for event in events:
+            yield event
+    except ApiError as err:  # the model replica died mid-stream: the 200 has gone out
+        yield error_event(err)
+    finally:  # a client that hangs up stops the model's stream (serve/gate.py cancels it)
+        await events.aclose()
+
+
+# Serve pickles the deployment classes by value when they are decorated, with the module globals they use:
+# everything they call must be defined above them (or imported).
 
 
 @serve.deployment
-@serve.ingress(api)
-class MedR3Server:
-    """One replica: tokenizer, async vLLM engine, search pool; see the module docstring."""
+class MedR3Model:
+    """One model replica: tokenizer, async vLLM engine, search pool; see the module docstring. Its methods take
+    validated requests from the ingress."""
 
     def __init__(self, config: Config, model_path: str):
         s = config.serve
         self.config, self.model_path = config, model_path
-        self.key = load_key(s.api_key_env)
-        require_key_for_host(_proxy_host() or s.host, self.key, s.api_key_env)
-        self.limits = Limits.from_config(s)
-        self.max_body = 12 * s.max_prompt_chars + 65536  # JSON may escape one character into up to 12 bytes
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or model_path)
@@ -143,47 +169,55 @@ class MedR3Server:
         self._answer_batch.set_max_batch_size(s.batch_size)
         self._answer_batch.set_batch_wait_timeout_s(s.batch_wait_s)
         log.info(
-            "serving %r from %s; retrieval %s; API key %s",
-            s.model_name,
-            model_path,
-            "on" if self.search is not None else "off",
-            f"required (from ${s.api_key_env})" if self.key else "off",
+            "serving %r from %s; retrieval %s", s.model_name, model_path, "on" if self.search is not None else "off"
         )
 
-    # --- routes
+    # --- what the ingress calls
 
-    @api.get("/healthz")
-    async def healthz(self) -> JSONResponse:
-        try:
-            ok, reason = await self._engine_ok(), "engine restarting"
-        except Exception as err:  # a restart failed: Serve replaces the replica
-            ok, reason = False, type(err).__name__
-        if not ok:
-            body = {"status": "unavailable", "reason": reason}
-            return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-        return JSONResponse({"status": "ok", "model": self.config.serve.model_name, "retrieval": bool(self.search)})
+    async def health(self) -> dict:
+        """The ingress's probe (past the request queue): whether the engine serves. Raises once an engine restart
+        has failed, so that the ingress counts this replica out (and Serve replaces it)."""
+        ok = await self._engine_ok()
+        return {"ok": ok, "reason": None if ok else "engine restarting"}
 
-    @api.get("/v1/models")
-    async def models(self, request: Request) -> dict:
-        self._authorize(request)
-        model = {"id": self._model, "object": "model", "created": 0, "owned_by": "medr3"}
-        return {"object": "list", "data": [{**model, "protocol": protocol_in_effect(self.config, self.model_path)}]}
+    async def chat_completion(self, req: ChatRequest) -> dict:
+        with _as_api_error("chat"):
+            await self._require_engine()
+            return await complete(*self._chat_runs(req))
 
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request):
-        self._authorize(request)
-        await self._require_engine()
-        req: ChatRequest = parse_request(ChatRequest, await self._body(request), self.limits)
-        if req.model != self.config.serve.model_name:
-            message = f"model {req.model!r} does not exist; this server has {self._model!r}"
-            raise ApiError(404, message, "model", "model_not_found")
+    async def chat_stream(self, req: ChatRequest) -> AsyncIterator[str]:
+        """Server-sent events; a refusal comes before the first one."""
+        with _as_api_error("chat"):
+            await self._require_engine()
+            head, runs, prompt_tokens = self._chat_runs(req)
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+        async for event in sse(head, runs, prompt_tokens, usage):
+            yield event
+
+    async def answer(self, req: AnswerRequest) -> dict:
+        start = time.perf_counter()
+        with _as_api_error("answer"):
+            await self._require_engine()
+            searches = self.config.serve.max_searches if req.max_searches is None else req.max_searches
+            searches = searches if self.search is not None else 0
+            question = req.to_question(self.tokenizer)
+            prompt = build_prompt(question, self.tokenizer, search=searches > 0, max_searches=searches)
+            if len(self.tokenizer(prompt, add_special_tokens=False).input_ids) >= self.config.generator.max_model_len:
+                raise ApiError(
+                    400, "question: too long for the model's context", "question", "context_length_exceeded"
+                )
+            traj: Trajectory = await self._answer_batch((question, searches))
+            return answer_body(traj, self.config.serve.snippet_chars, (time.perf_counter() - start) * 1000)
+
+    def _chat_runs(self, req: ChatRequest) -> tuple[dict, list[AsyncIterator], int]:
+        """The response head, one generation run per choice, and the prompt's length in tokens."""
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         prompt_ids, prefill = chat_prompt(self.tokenizer, messages, req.continue_final_message)
         room = self.config.generator.max_model_len - len(prompt_ids)
         if room <= 0:
             message = f"messages: the prompt is {len(prompt_ids)} tokens; the context holds {len(prompt_ids) + room}"
             raise ApiError(400, message, "messages", "context_length_exceeded")
-        max_tokens = min(req.response_tokens or self.limits.max_tokens, room)
+        max_tokens = min(req.response_tokens or self.config.serve.max_tokens, room)
         extra = {"presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty}
 
         def stream_fn(r):
@@ -194,25 +228,7 @@ class MedR3Server:
             for i in range(req.n)
         ]
         head = {"id": f"chatcmpl-{uuid4().hex}", "created": int(time.time()), "model": req.model}
-        if req.stream:
-            usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(sse(head, runs, len(prompt_ids), usage), media_type="text/event-stream")
-        return await complete(head, runs, len(prompt_ids))
-
-    @api.post("/v1/answer")
-    async def answer(self, request: Request) -> dict:
-        self._authorize(request)
-        start = time.perf_counter()
-        await self._require_engine()
-        req: AnswerRequest = parse_request(AnswerRequest, await self._body(request), self.limits)
-        searches = self.config.serve.max_searches if req.max_searches is None else req.max_searches
-        searches = searches if self.search is not None else 0
-        question = req.to_question(self.tokenizer)
-        prompt = build_prompt(question, self.tokenizer, search=searches > 0, max_searches=searches)
-        if len(self.tokenizer(prompt, add_special_tokens=False).input_ids) >= self.config.generator.max_model_len:
-            raise ApiError(400, "question: too long for the model's context", "question", "context_length_exceeded")
-        traj: Trajectory = await self._answer_batch((question, searches))
-        return answer_body(traj, self.config.serve.snippet_chars, (time.perf_counter() - start) * 1000)
+        return head, runs, len(prompt_ids)
 
     # --- /v1/answer: concurrent requests become one rollout batch
 
@@ -254,26 +270,6 @@ class MedR3Server:
     async def _search_async(self, queries: list[str]) -> list[list[dict]]:
         return await asyncio.to_thread(self._search_sync, queries)
 
-    # --- helpers
-
-    @property
-    def _model(self) -> str:
-        return self.config.serve.model_name
-
-    def _authorize(self, request: Request) -> None:
-        if self.key is not None and not key_matches(presented_key(request.headers), self.key):
-            message = "missing or invalid API key (send 'Authorization: Bearer <key>')"
-            raise ApiError(401, message, None, "invalid_api_key")
-
-    async def _body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
-            raise ApiError(413, f"body: larger than {self.max_body} bytes", "body", "request_too_large")
-        raw = await request.body()
-        if len(raw) > self.max_body:
-            raise ApiError(413, f"body: larger than {self.max_body} bytes", "body", "request_too_large")
-        return raw
-
     # --- a dead engine is replaced in the replica, which answers 503s meanwhile
 
     def _new_engine(self):
@@ -285,8 +281,8 @@ class MedR3Server:
 
     async def _engine_ok(self) -> bool:
         """Whether the engine serves. A dead one is replaced at once, in the background: replacing the replica
-        would take Serve three failed health checks, and requests would then queue in its proxy instead of getting
-        a 503. Raises once a replacement has failed (check_health passes that on: Serve replaces the replica)."""
+        would take Serve three failed health checks. Raises once a replacement has failed (check_health passes
+        that on: Serve replaces the replica)."""
         if self._restart is not None:
             if not self._restart.done():
                 return False
@@ -310,7 +306,11 @@ class MedR3Server:
         log.info("a new engine serves, %.1f s after the old one died", time.perf_counter() - started)
 
     async def _require_engine(self) -> None:
-        if not await self._engine_ok():
+        try:
+            ok = await self._engine_ok()
+        except Exception:  # a failed restart: Serve replaces this replica
+            ok = False
+        if not ok:
             raise ApiError(503, ENGINE_RESTARTING, None, "engine_unavailable")
 
     async def check_health(self) -> None:
@@ -325,15 +325,88 @@ class MedR3Server:
             self.search.shutdown()
 
 
+@serve.deployment
+@serve.ingress(api)
+class MedR3Server:
+    """The ingress: HTTP, the API key, validation; the model deployment `model` is called through a ModelGate."""
+
+    def __init__(self, config: Config, model_path: str, model):
+        s = config.serve
+        self.config, self.model_path = config, model_path
+        self.key = load_key(s.api_key_env)
+        require_key_for_host(_proxy_host() or s.host, self.key, s.api_key_env)
+        self.limits = Limits.from_config(s)
+        self.max_body = 12 * s.max_prompt_chars + 65536  # JSON may escape one character into up to 12 bytes
+        self.model, self.model_stream = model, model.options(stream=True)
+        self.gate = ModelGate(model)  # Serve runs a constructor in the replica's event loop
+        key = f"required (from ${s.api_key_env})" if self.key else "off"
+        log.info("ingress for %r; API key %s", s.model_name, key)
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        healths = await self.gate.probe()
+        if healths and any(h["ok"] for h in healths):
+            return JSONResponse({"status": "ok", "model": self._model, "retrieval": self.config.serve.retrieval})
+        if healths is None:
+            reason = f"the model replicas did not answer within {self.gate.timeout_s:g} s"
+        else:
+            reason = healths[0]["reason"] if healths else "no model replica is alive: Serve is starting one"
+        body = {"status": "unavailable", "reason": reason}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        self._authorize(request)
+        model = {"id": self._model, "object": "model", "created": 0, "owned_by": "medr3"}
+        return {"object": "list", "data": [{**model, "protocol": protocol_in_effect(self.config, self.model_path)}]}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        self._authorize(request)
+        req: ChatRequest = parse_request(ChatRequest, await self._body(request), self.limits)
+        if req.model != self._model:
+            message = f"model {req.model!r} does not exist; this server has {self._model!r}"
+            raise ApiError(404, message, "model", "model_not_found")
+        if not req.stream:
+            return await self.gate.call(self.model.chat_completion.remote(req))
+        events = self.gate.stream(self.model_stream.chat_stream.remote(req))
+        first = await anext(events)  # a refusal (400, 503) is the response's status, before any 200
+        return StreamingResponse(_relay(first, events), media_type="text/event-stream")
+
+    @api.post("/v1/answer")
+    async def answer(self, request: Request) -> dict:
+        self._authorize(request)
+        req: AnswerRequest = parse_request(AnswerRequest, await self._body(request), self.limits)
+        return await self.gate.call(self.model.answer.remote(req))
+
+    @property
+    def _model(self) -> str:
+        return self.config.serve.model_name
+
+    def _authorize(self, request: Request) -> None:
+        if self.key is not None and not key_matches(presented_key(request.headers), self.key):
+            message = "missing or invalid API key (send 'Authorization: Bearer <key>')"
+            raise ApiError(401, message, None, "invalid_api_key")
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            raise ApiError(413, f"body: larger than {self.max_body} bytes", "body", "request_too_large")
+        raw = await request.body()
+        if len(raw) > self.max_body:
+            raise ApiError(413, f"body: larger than {self.max_body} bytes", "body", "request_too_large")
+        return raw
+
+
 # --- building the application
 
 
-def deployment_options(s: ServeConfig) -> dict:
-    """Replicas (fixed or autoscaled) and per-replica resources from the config."""
+def model_options(s: ServeConfig) -> dict:
+    """The model deployment's replicas (fixed or autoscaled) and per-replica resources from the config."""
     options = {
         "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
         "max_ongoing_requests": s.max_ongoing_requests,
-        "health_check_period_s": 2,  # a dead engine is replaced within 2 s even without traffic; a flag read
+        "health_check_period_s": 2,  # Serve notices a dead replica within 2 s and starts a new one
     }
     if s.autoscaling:
         options["autoscaling_config"] = {
@@ -344,6 +417,16 @@ def deployment_options(s: ServeConfig) -> dict:
     else:
         options["num_replicas"] = s.replicas
     return options
+
+
+def ingress_options(s: ServeConfig) -> dict:
+    """The ingress: one replica on no reserved CPU (it only relays), taking every request the model replicas can."""
+    model_replicas = s.max_replicas if s.autoscaling else s.replicas
+    return {
+        "num_replicas": 1,
+        "ray_actor_options": {"num_cpus": 0},
+        "max_ongoing_requests": s.max_ongoing_requests * model_replicas,
+    }
 
 
 def load_serve_config(args: dict) -> tuple[Config, str]:
@@ -418,7 +501,8 @@ def _application(config: Config, model_path: str) -> serve.Application:
     except InsecureBindError as err:
         _stop_serve_run(f"[serve] error: {err}")
         raise
-    return MedR3Server.options(**deployment_options(s)).bind(config, model_path)
+    model = MedR3Model.options(**model_options(s)).bind(config, model_path)
+    return MedR3Server.options(**ingress_options(s)).bind(config, model_path, model)
 
 
 def _stop_serve_run(message: str) -> None:

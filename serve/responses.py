@@ -77,7 +77,7 @@ async def sse(
                 open_runs -= 1
             elif isinstance(item, Exception):
                 log.error("stream failed: %s: %s", type(item).__name__, item)
-                yield f"data: {json.dumps(ApiError.from_failure(item).body())}\n\n"
+                yield error_event(ApiError.from_failure(item))
                 break
             else:
                 completion += item.generated
@@ -90,6 +90,11 @@ async def sse(
     finally:  # a client that hangs up cancels the pumps, which aborts their engine requests
         for task in tasks:
             task.cancel()
+
+
+def error_event(err: ApiError) -> str:
+    """A failure after a stream's 200: its last event, `data: {"error": {...}}` (the `openai` client raises it)."""
+    return f"data: {json.dumps(err.body())}\n\n"
 
 
 def answer_body(traj: Trajectory, snippet_chars: int, latency_ms: float) -> dict:

@@ -33,6 +33,9 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
+    def __reduce__(self):  # rebuilt from its fields when it crosses a Serve handle (serve/app.py), not from args
+        return type(self), (self.status, self.message, self.param, self.code)
+
     def body(self) -> dict:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}

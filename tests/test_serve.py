@@ -207,6 +207,107 @@ def test_reasoning_never_ends_inside_a_tag(text):
     assert answer_body(traj, 40, 1.0)["reasoning"] == "Check."
 
 
+class _FakeModel:
+    """A model deployment's handle for ModelGate: `replies` is what a broadcast of health() gives, or raises."""
+
+    def __init__(self):
+        self.replies: list | BaseException = [{"ok": True, "reason": None}]
+
+    def broadcast(self, method: str):
+        assert method == "health"
+        return self
+
+    async def results_async(self, timeout_s: float, return_exceptions: bool) -> list:
+        if isinstance(self.replies, BaseException):
+            raise self.replies
+        return self.replies
+
+
+class _FakeCall:
+    """A DeploymentResponse: awaitable, cancellable the way Serve's is (RequestCancelledError once cancelled)."""
+
+    def __init__(self, outcome: BaseException | None = None):
+        self.future = asyncio.get_running_loop().create_future()
+        if outcome is not None:
+            self.future.set_exception(outcome)
+
+    def __await__(self):
+        return self.future.__await__()
+
+    def cancel(self) -> None:
+        from ray.serve.exceptions import RequestCancelledError
+
+        if not self.future.done():
+            self.future.set_exception(RequestCancelledError("r"))
+
+
+def test_with_no_model_replica_alive_the_gate_refuses_at_once_and_frees_waiting_calls():
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    from serve.gate import ModelGate
+    from serve.schemas import ApiError
+
+    async def scenario() -> None:
+        model = _FakeModel()
+        gate = ModelGate(model, period_s=0.01)
+        waiting = asyncio.ensure_future(gate.call(_FakeCall()))  # held in Serve's router: no replica took it yet
+        await asyncio.sleep(0.05)
+        assert gate.live and not waiting.done()
+        model.replies = [ActorDiedError()]  # the only replica was killed
+        with pytest.raises(ApiError) as freed:
+            await asyncio.wait_for(waiting, 1)
+        model.replies = DeploymentUnavailableError("MedR3Model")  # Serve has removed it and starts another
+        await asyncio.sleep(0.05)
+        with pytest.raises(ApiError) as refused:
+            await asyncio.wait_for(gate.call(_FakeCall()), 0.01)  # at once
+        assert (freed.value.status, freed.value.code) == (refused.value.status, refused.value.code)
+        assert refused.value.code == "model_unavailable" and refused.value.headers() == {"Retry-After": "10"}
+        model.replies = TimeoutError()  # a probe that times out changes nothing
+        await asyncio.sleep(0.05)
+        assert not gate.live
+        model.replies = [{"ok": True, "reason": None}]  # the new replica serves
+        await asyncio.sleep(0.05)
+        call = _FakeCall()
+        call.future.set_result("served")
+        assert await gate.call(call) == "served"
+
+    asyncio.run(scenario())
+
+
+def test_the_gate_turns_a_replica_death_into_a_503_and_passes_the_models_refusals_on():
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from serve.gate import ModelGate
+    from serve.schemas import ApiError
+
+    async def outcome(failure: BaseException) -> ApiError:
+        gate = ModelGate(_FakeModel(), period_s=0.01)
+        with pytest.raises(ApiError) as err:
+            await gate.call(_FakeCall(failure))
+        return err.value
+
+    refusal = ApiError(400, "messages: too long", "messages", "context_length_exceeded")
+    assert asyncio.run(outcome(ActorDiedError())).code == "model_unavailable"
+    passed = asyncio.run(outcome(RayTaskError("chat_completion", "trace", refusal)))
+    assert passed.body() == refusal.body() and passed.status == 400
+    assert asyncio.run(outcome(RayTaskError("answer", "trace", KeyError("x")))).status == 500
+
+
+def test_an_api_error_survives_pickling_across_a_handle():
+    import pickle
+
+    from serve.schemas import ApiError
+
+    err = pickle.loads(pickle.dumps(ApiError(503, "engine restarting", None, "engine_unavailable")))
+    assert (err.status, err.message, err.code, err.headers()) == (
+        503,
+        "engine restarting",
+        "engine_unavailable",
+        {"Retry-After": "10"},
+    )
+
+
 # --- over HTTP
 
 
@@ -398,13 +499,16 @@ def test_a_hundred_concurrent_requests_all_succeed(base_url):
 def test_with_a_key_requests_need_it_and_health_stays_open(base_url, serve_args, monkeypatch):
     from ray import serve
 
-    from serve.app import MedR3Server, deployment_options, load_serve_config
+    from serve.app import MedR3Model, MedR3Server, ingress_options, load_serve_config, model_options
 
     config, model_path = load_serve_config(serve_args)
-    options = deployment_options(config.serve)
-    # Test-only: the key reaches the replica through its environment, as a deployment would set it.
+    options = ingress_options(config.serve)
+    # Test-only: the key reaches the ingress through its environment, as a deployment would set it.
     options["ray_actor_options"] = {**options["ray_actor_options"], "runtime_env": {"env_vars": {KEY_ENV: "s3cret"}}}
-    serve.run(MedR3Server.options(**options).bind(config, model_path), name="medr3-auth", route_prefix="/secure")
+    model = MedR3Model.options(**model_options(config.serve)).bind(config, model_path)
+    serve.run(
+        MedR3Server.options(**options).bind(config, model_path, model), name="medr3-auth", route_prefix="/secure"
+    )
     try:
         url = f"{base_url}/secure"
         assert httpx.get(f"{url}/healthz").status_code == 200
@@ -425,44 +529,114 @@ def test_with_a_key_requests_need_it_and_health_stays_open(base_url, serve_args,
         serve.delete("medr3-auth")
 
 
-def _engine_core_pids(app: str) -> list[int]:
-    """The vLLM engine-core processes under the replicas of Serve app `app` (Ray titles them ServeReplica:<app>:…)."""
-    import psutil
+# --- faults: one app whose engine and replica the tests kill; each test leaves it serving again
 
-    replicas = [
-        p for p in psutil.process_iter(["cmdline"]) if f"ServeReplica:{app}:" in " ".join(p.info["cmdline"] or [])
-    ]
-    children = [c for r in replicas for c in r.children(recursive=True)]
-    return [c.pid for c in children if "EngineCore" in c.name() + " ".join(c.cmdline())]
+FAULTS = "medr3-faults"
 
 
-def test_a_dead_engine_gets_fast_json_503s_until_a_new_one_serves(base_url, serve_args):
+@pytest.fixture(scope="module")
+def faults_url(base_url, serve_args):
     from ray import serve
 
     from serve.app import build_app
 
-    serve.run(build_app(serve_args), name="medr3-dead", route_prefix="/dead")
-    url = f"{base_url}/dead"
-    try:
-        assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
-        (pid,) = _engine_core_pids("medr3-dead")
-        os.kill(pid, signal.SIGKILL)
-        killed, replies = time.monotonic(), []
-        while time.monotonic() - killed < 240:
-            sent = time.monotonic()
-            r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60)
-            replies.append((r, time.monotonic() - sent))
-            if r.status_code == 200:
-                break
-            time.sleep(0.5)
-        recovered, waits = time.monotonic() - killed, sorted(seconds for _, seconds in replies[:-1])
-        print(f"a new engine served {recovered:.1f} s after the kill; 503s took {[round(w, 2) for w in waits]} s")
-        assert replies[-1][0].status_code == 200 and len(replies) > 1 and recovered < 180
-        for r, _ in replies[:-1]:  # each a JSON 503 saying when to come back
-            assert r.status_code == 503 and r.headers["retry-after"] == "10"
-            assert r.json()["error"]["code"] == "engine_unavailable"
-        # fast: not queued until the engine is back (the new engine's start competes for 2 shared cores)
-        assert replies[0][1] < 2 and waits[len(waits) // 2] < 2 and waits[-1] < 15
-        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
-    finally:
-        serve.delete("medr3-dead")
+    serve.run(build_app(serve_args), name=FAULTS, route_prefix="/faults")
+    yield f"{base_url}/faults"
+    serve.delete(FAULTS)
+
+
+def _model_replicas(app: str) -> list:
+    """The processes of app `app`'s model replicas (Ray titles them ServeReplica:<app>:<deployment>)."""
+    import psutil
+
+    title = f"ServeReplica:{app}:MedR3Model"
+    return [p for p in psutil.process_iter(["cmdline"]) if title in " ".join(p.info["cmdline"] or [])]
+
+
+def _engine_core_pids(app: str) -> list[int]:
+    """The vLLM engine-core processes under app `app`'s model replicas."""
+    children = [c for r in _model_replicas(app) for c in r.children(recursive=True)]
+    return [c.pid for c in children if "EngineCore" in c.name() + " ".join(c.cmdline())]
+
+
+def _until_served(url: str, limit_s: float = 240) -> tuple[list[tuple[httpx.Response, float, httpx.Response]], float]:
+    """/healthz, then a chat request, every 0.5 s until the chat request is served: each round's chat reply, the
+    seconds it took and the health reply; and the seconds to the first 200."""
+    began, rounds = time.monotonic(), []
+    while time.monotonic() - began < limit_s:
+        health = httpx.get(f"{url}/healthz", timeout=10)
+        sent = time.monotonic()
+        r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60)
+        rounds.append((r, time.monotonic() - sent, health))
+        if r.status_code == 200:
+            break
+        time.sleep(0.5)
+    return rounds, time.monotonic() - began
+
+
+def _is_json_503(r: httpx.Response, code: str | None = None) -> bool:
+    body = r.json()
+    found = body["error"]["code"] if "error" in body else body["status"]
+    return r.status_code == 503 and r.headers["retry-after"] == "10" and found == (code or "unavailable")
+
+
+def test_a_dead_engine_gets_fast_json_503s_until_a_new_one_serves(faults_url):
+    url = faults_url
+    assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
+    (pid,) = _engine_core_pids(FAULTS)
+    os.kill(pid, signal.SIGKILL)
+    rounds, recovered = _until_served(url)
+    waits = sorted(seconds for _, seconds, _ in rounds[:-1])
+    print(f"a new engine served {recovered:.1f} s after the kill; 503s took {[round(w, 2) for w in waits]} s")
+    assert rounds[-1][0].status_code == 200 and len(rounds) > 1 and recovered < 180
+    assert all(_is_json_503(r, "engine_unavailable") for r, _, _ in rounds[:-1])  # each saying when to come back
+    # fast: not queued until the engine is back (the new engine's start competes for 2 shared cores)
+    assert rounds[0][1] < 2 and waits[len(waits) // 2] < 2 and waits[-1] < 15
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_killed_replica_gives_json_errors_in_flight_and_fast_503s_until_serve_replaces_it(faults_url):
+    """The model replica's process is SIGKILLed under 8 chat requests and a stream: each gets a JSON error (not
+    the proxy's plain-text 500), and new requests and /healthz a JSON 503 at once until Serve's new replica serves."""
+    import psutil
+
+    url = faults_url
+    (replica,) = _model_replicas(FAULTS)
+    engine_cores = [psutil.Process(pid) for pid in _engine_core_pids(FAULTS)]
+    long = {**CHAT, "max_tokens": 48}
+
+    async def kill_under_load():
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            posts = [
+                asyncio.ensure_future(client.post("/v1/chat/completions", json={**long, "seed": i})) for i in range(8)
+            ]
+            async with client.stream("POST", "/v1/chat/completions", json={**long, "stream": True}) as stream:
+                lines = stream.aiter_lines()
+                assert (await anext(lines)).startswith("data: ")  # the stream has begun: its 200 has gone out
+                replica.kill()
+                killed = time.monotonic()
+                events = [line.removeprefix("data: ") async for line in lines if line]
+                stream_s = time.monotonic() - killed
+            replies = await asyncio.gather(*posts)
+        return replies, events, stream_s, time.monotonic() - killed
+
+    replies, events, stream_s, in_flight_s = asyncio.run(kill_under_load())
+    print(f"in flight at the kill: {[r.status_code for r in replies]}, all answered {in_flight_s:.2f} s after it")
+    failed = [r for r in replies if r.status_code != 200]  # any that finished before the kill were served
+    assert all(_is_json_503(r, "model_unavailable") for r in failed)
+    assert events[-1] == "[DONE]" or json.loads(events[-1])["error"]["code"] == "model_unavailable"
+    assert failed or events[-1] != "[DONE]"  # something was in flight
+    assert in_flight_s < 10 and stream_s < 10  # not held until the new replica serves
+
+    rounds, recovered = _until_served(url)
+    waits = sorted(seconds for _, seconds, _ in rounds[:-1])
+    print(f"a new replica served {recovered:.1f} s after the kill; 503s took {[round(w, 2) for w in waits]} s")
+    assert rounds[-1][0].status_code == 200 and len(rounds) > 1 and recovered < 180
+    assert all(_is_json_503(r, "model_unavailable") and _is_json_503(h) for r, _, h in rounds[:-1])
+    assert waits[-1] < 1  # none waited for the new replica
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    alive = psutil.wait_procs(engine_cores, timeout=30)[1]
+    for process in alive:  # the test's own leftover: do not leave it to the rest of the session
+        process.kill()
+    assert not alive, "the killed replica's engine core outlived it"
