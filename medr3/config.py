@@ -212,6 +212,17 @@ class RetrieverConfig(Resources):
         "all of it. 128 keeps the CPU build of the bundled corpus to minutes (MiniLM's own limit is 256).",
     )
     max_concurrency: int = Field(4, ge=1, description="Concurrent batch_search calls one SearchActor serves.")
+    bm25_stopwords: Literal["lucene", "english", "none"] = Field(
+        "lucene",
+        description="Indexer: words the BM25 arm ignores, in passages and queries alike. lucene: Lucene's 33 English "
+        "stopwords; english: Qdrant's longer English list; none. Changing it needs a rebuild (--force). Backend "
+        "local always indexes plain words (qdrant-client's limit). See docs/architecture.md, 'BM25 text processing'.",
+    )
+    bm25_stemmer: Literal["english", "none"] = Field(
+        "english",
+        description="Indexer: the BM25 arm's stemmer, english = Snowball English (`treated` and `treating` match "
+        "`treat`); none. Changing it needs a rebuild (--force).",
+    )
 
     @model_validator(mode="after")
     def _server_needs_url(self) -> RetrieverConfig:

@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         target = ARTIFACTS[name]
         if is_built(name, target) and not args.force:
             say(f"[prepare] {name}: present at {target.relative_to(ROOT)}")
+            if name == "index":
+                from medr3.retrieval.manifest import UPGRADES, Manifest
+
+                built = Manifest.load(target).fingerprint
+                for key, why in UPGRADES.items():
+                    if key not in built:
+                        say(f"[prepare] index: {why}; rebuild it: python pipelines/prepare.py --only index --force")
             continue
         say(f"[prepare] {name}: building {target.relative_to(ROOT)} …")
         start = time.perf_counter()

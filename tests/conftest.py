@@ -122,18 +122,20 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def small_index(tmp_path_factory, small_corpus, minilm):
-    """`backend -> RetrieverConfig` of a finished index of `small_corpus`, built once per backend and session."""
+    """`(backend, **retriever settings) -> RetrieverConfig` of a finished index of `small_corpus`, built once per
+    backend, settings and session."""
     from medr3.config import RetrieverConfig
     from medr3.retrieval.indexer import build_index
 
     built = {}
 
-    def get(backend: str) -> RetrieverConfig:
-        if backend not in built:
+    def get(backend: str, **settings) -> RetrieverConfig:
+        key = (backend, *sorted(settings.items()))
+        if key not in built:
             path = tmp_path_factory.mktemp(f"index_{backend}")
-            config = RetrieverConfig(backend=backend, index_path=str(path), batch_size=64)
+            config = RetrieverConfig(backend=backend, index_path=str(path), batch_size=64, **settings)
             build_index(config, small_corpus, embedder=minilm, progress=False)
-            built[backend] = config
-        return built[backend]
+            built[key] = config
+        return built[key]
 
     return get

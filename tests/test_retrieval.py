@@ -15,9 +15,9 @@ from medr3.data import DataError, Passage
 from medr3.retrieval.chunking import chunk_passage
 from medr3.retrieval.indexer import build_index
 from medr3.retrieval.manifest import IndexNotReadyError, Manifest, check_index
-from medr3.retrieval.quality import hit_at_k, recall_at_k, reciprocal_rank, summarize
+from medr3.retrieval.quality import hit_at_k, ndcg_at_k, recall_at_k, reciprocal_rank, summarize
 from medr3.retrieval.searcher import Searcher
-from medr3.retrieval.store import StoreUnavailableError
+from medr3.retrieval.store import LUCENE_STOPWORDS, PLAIN_TEXT_INDEX, StoreUnavailableError, text_index
 
 QUERIES = [
     "What are the symptoms of adult acute lymphoblastic leukemia?",
@@ -64,6 +64,16 @@ def test_metrics_score_gold_ids_by_rank():
     assert summary["n"] == 2 and summary["hit@1"] == 0.5 and summary["mrr@3"] == pytest.approx((1 / 3 + 1) / 2)
 
 
+def test_ndcg_counts_each_gold_id_once_at_its_first_rank_against_the_ideal_ranking():
+    retrieved, gold = ["x", "a", "a", "b"], {"a", "b", "c"}  # two chunks of passage a
+    ideal = 1 + 1 / np.log2(3) + 1 / np.log2(4)  # three gold ids at ranks 1-3
+    assert ndcg_at_k(retrieved, gold, 4) == pytest.approx((1 / np.log2(3) + 1 / np.log2(5)) / ideal)
+    assert ndcg_at_k(retrieved, gold, 1) == 0.0 and ndcg_at_k(["a", "b", "c"], gold, 10) == pytest.approx(1.0)
+    assert ndcg_at_k(["b"], {"b"}, 10) == 1.0 and ndcg_at_k(["b"], set(), 10) == 0.0
+    summary = summarize([(["a"], {"a"}), (["x", "b"], {"b"})], ks=(1, 5))
+    assert summary["ndcg@5"] == pytest.approx((1 + 1 / np.log2(3)) / 2)
+
+
 def test_malformed_corpus_lines_are_skipped_and_counted(small_index):
     manifest = Manifest.load(small_index("edge").index_path)
     assert manifest.complete
@@ -75,9 +85,10 @@ def test_malformed_corpus_lines_are_skipped_and_counted(small_index):
 
 @pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
 def test_both_backends_return_the_same_top_k(small_index, minilm, mode):
+    """With the same text processing: qdrant-client's local mode indexes plain words only (`PLAIN_TEXT_INDEX`)."""
     results = {}
     for backend in ("edge", "local"):
-        searcher = Searcher(small_index(backend), embedder=minilm)
+        searcher = Searcher(small_index(backend, bm25_stopwords="none", bm25_stemmer="none"), embedder=minilm)
         try:
             results[backend] = searcher.batch_search(QUERIES, k=5, mode=mode)
         finally:
@@ -346,3 +357,133 @@ def test_index_corpus_puts_a_users_corpus_in_a_new_folder_named_after_it(tmp_pat
     )
     assert where("/data/ward_notes.jsonl", "/idx/mine", "artifacts/index/default", tmp_path) == "/idx/mine"
     assert where(None, None, "artifacts/index/default", tmp_path) == "artifacts/index/default"
+
+
+def text_index_of_shard(config):
+    """The text index qdrant-edge holds on the search field, read back from the shard on disk."""
+    import qdrant_edge as qe
+
+    from medr3.retrieval.edge import shard_path
+
+    shard = qe.EdgeShard.load(str(shard_path(config)))
+    try:
+        return shard.info().payload_schema["search_text"].params
+    finally:
+        shard.close()
+
+
+def test_the_bm25_arm_drops_stopwords_and_stems_as_configured_and_the_manifest_records_it(tmp_path):
+    import qdrant_edge as qe
+
+    corpus = users_corpus(tmp_path / "notes.jsonl")
+    queries = ["zymoglossals", "the of is"]  # a plural the corpus never spells; stopwords only
+    found = {}
+    for name, settings in {"default": {}, "plain": {"bm25_stopwords": "none", "bm25_stemmer": "none"}}.items():
+        config = RetrieverConfig(index_path=str(tmp_path / name), batch_size=8, **settings)
+        build_index(config, corpus, embedder=HashEmbedder(), progress=False)
+        assert Manifest.load(config.index_path).fingerprint["text_index"] == text_index(config)
+        searcher = Searcher(config, embedder=HashEmbedder())
+        try:
+            found[name] = [[d["id"] for d in hits] for hits in searcher.batch_search(queries, k=3, mode="bm25")]
+        finally:
+            searcher.close()
+        params = text_index_of_shard(config)
+        if name == "default":
+            assert params.stopwords.custom == LUCENE_STOPWORDS
+            assert params.stemmer.language == qe.SnowballLanguage.English
+        else:
+            assert params.stopwords is None and params.stemmer is None
+    assert text_index(RetrieverConfig()) == {"tokenizer": "word", "lowercase": True, "stopwords": "lucene",
+                                             "stemmer": "english"}  # fmt: skip
+    assert found["default"] == [["ward-7"], []]  # stemmed to the note's word; nothing left of the other query
+    assert found["plain"] == [[], ["ward-7"]]  # the one note with "is the … of" in it
+
+
+def test_the_local_backend_records_the_plain_words_it_indexes():
+    config = RetrieverConfig(backend="local", bm25_stopwords="english")
+    assert text_index(config) == PLAIN_TEXT_INDEX
+
+
+def test_an_index_built_before_bm25_text_processing_still_searches_with_a_warning_naming_the_rebuild(tmp_path, caplog):
+    corpus = users_corpus(tmp_path / "notes.jsonl")
+    plain = RetrieverConfig(
+        index_path=str(tmp_path / "index"), batch_size=8, bm25_stopwords="none", bm25_stemmer="none"
+    )
+    build_index(plain, corpus, embedder=HashEmbedder(), progress=False)
+    old = Manifest.load(plain.index_path)
+    del old.fingerprint["text_index"]  # as artifacts/index/default was built before it was recorded
+    old.save(plain.index_path)
+    config = RetrieverConfig(index_path=plain.index_path, batch_size=8)  # today's defaults
+    with caplog.at_level("WARNING", logger="medr3.retrieval.manifest"):
+        searcher = Searcher(config, embedder=HashEmbedder())
+    try:
+        hits = searcher.batch_search(["zymoglossal epinephrine", "zymoglossals"], k=3, mode="bm25")
+    finally:
+        searcher.close()
+    assert hits[0][0]["id"] == "ward-7" and hits[1] == []  # its own plain words: found, but not stemmed
+    assert "built before the BM25 arm dropped stopwords and stemmed" in caplog.text
+    assert (
+        f"python pipelines/index_corpus.py --corpus {corpus} --index-path {config.index_path} --force" in caplog.text
+    )
+    with pytest.raises(IndexNotReadyError, match="built before the BM25 arm dropped stopwords.*--force"):
+        build_index(config, corpus, embedder=HashEmbedder(), progress=False)
+    assert build_index(config, corpus, embedder=HashEmbedder(), progress=False, force=True).batches_built == 4
+    assert Manifest.load(config.index_path).fingerprint["text_index"]["stemmer"] == "english"
+
+
+def test_an_index_whose_text_processing_differs_from_the_config_searches_with_its_own_and_says_so(tmp_path, caplog):
+    corpus = users_corpus(tmp_path / "notes.jsonl")
+    config = RetrieverConfig(index_path=str(tmp_path / "index"), batch_size=8)
+    build_index(config, corpus, embedder=HashEmbedder(), progress=False)
+    other = config.model_copy(update={"bm25_stemmer": "none"})
+    with caplog.at_level("WARNING", logger="medr3.retrieval.manifest"):
+        searcher = Searcher(other, embedder=HashEmbedder())
+    try:
+        assert [d["id"] for d in searcher.batch_search(["zymoglossals"], k=1, mode="bm25")[0]] == ["ward-7"]
+    finally:
+        searcher.close()
+    assert "'stemmer': 'english'" in caplog.text and "'stemmer': 'none'" in caplog.text and "--force" in caplog.text
+
+
+def test_eval_retrieval_reports_the_three_arms_and_the_plain_bm25_reference(tmp_path):
+    pytest.importorskip("bm25s")
+    from pipelines.eval_retrieval import PlainBM25, evaluate, table
+
+    corpus = users_corpus(tmp_path / "notes.jsonl")
+    config = RetrieverConfig(index_path=str(tmp_path / "index"), batch_size=8)
+    build_index(config, corpus, embedder=HashEmbedder(), progress=False)
+    item = {"options": {"A": "yes", "B": "no"}, "answer": "A"}
+    mirage = {
+        "pubmedqa": {"1": {**item, "question": "What treats anaphylaxis zymoglossal?", "PMID": ["ward-7"]}},
+        "bioasq": {"2": {**item, "question": "Is there a ward note about scurvy number 13?", "PMID": ["ward-13"]}},
+    }
+    (tmp_path / "mirage.json").write_text(json.dumps(mirage))
+    searcher = Searcher(config, embedder=HashEmbedder())
+    try:
+        results = evaluate(searcher, tmp_path / "mirage.json", PlainBM25(corpus, 200, 32))
+    finally:
+        searcher.close()
+    for task in ("pubmedqa", "bioasq"):
+        assert list(results[task]) == ["dense", "bm25", "hybrid", "bm25s"]
+        assert all(results[task][mode]["n"] == 1 for mode in results[task])
+    assert results["pubmedqa"]["bm25"]["ndcg@10"] == results["pubmedqa"]["bm25s"]["ndcg@10"] == 1.0
+    printed = table(results)
+    assert "ndcg@10" in printed and "bm25s" in printed and "BioASQ-Y/N" in printed
+
+
+def test_a_qdrant_server_gets_the_same_text_processing_as_the_embedded_store():
+    """The server's payload-index request, built without a server (qdrant-client's models validate it)."""
+    from types import SimpleNamespace
+
+    from qdrant_client import models
+
+    from medr3.retrieval.client import ClientStore
+
+    config = RetrieverConfig(backend="server", url="http://qdrant:6333")
+    params = ClientStore._text_index_params(SimpleNamespace(_m=models, _config=config))
+    assert set(params.stopwords.custom) == LUCENE_STOPWORDS and params.stemmer.language == "english"
+    assert params.tokenizer == models.TokenizerType.WORD and params.lowercase and params.scoring
+    plain = ClientStore._text_index_params(
+        SimpleNamespace(_m=models, _config=config.model_copy(update={"backend": "local"}))
+    )
+    assert plain.stopwords is None and plain.stemmer is None

@@ -22,11 +22,13 @@ from medr3.retrieval.store import (
     BM25_B,
     BM25_K1,
     DENSE,
+    LUCENE_STOPWORDS,
     RESULT_FIELDS,
     SEARCH_FIELD,
     Store,
     StoreUnavailableError,
     hit,
+    text_index,
 )
 from medr3.retry import retry
 
@@ -72,8 +74,28 @@ class ClientStore(Store):
         with warnings.catch_warnings():  # local mode warns that payload indexes are no-ops; TextQuery still uses it
             warnings.simplefilter("ignore", UserWarning)
             self._call(lambda: client.create_payload_index(self._name, "source", m.PayloadSchemaType.KEYWORD))
-            text_index = m.TextIndexParams(type=m.TextIndexType.TEXT, scoring=True)
-            self._call(lambda: client.create_payload_index(self._name, SEARCH_FIELD, text_index))
+            params = self._text_index_params()
+            self._call(lambda: client.create_payload_index(self._name, SEARCH_FIELD, params))
+
+    def _text_index_params(self):
+        """`text_index(config)` as qdrant-client's TextIndexParams (local mode: always the plain word tokenizer)."""
+        m, settings = self._m, text_index(self._config)
+        stopwords = {
+            "lucene": m.StopwordsSet(custom=sorted(LUCENE_STOPWORDS)),
+            "english": m.Language.ENGLISH,
+            "none": None,
+        }[settings["stopwords"]]
+        stemmer = None
+        if settings["stemmer"] == "english":
+            stemmer = m.SnowballParams(type=m.Snowball.SNOWBALL, language=m.SnowballLanguage.ENGLISH)
+        return m.TextIndexParams(
+            type=m.TextIndexType.TEXT,
+            tokenizer=m.TokenizerType.WORD,
+            lowercase=True,
+            stopwords=stopwords,
+            stemmer=stemmer,
+            scoring=True,
+        )
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run one client call; retry transport failures, then fail naming the URL (server) or path (local)."""

@@ -17,7 +17,17 @@ import numpy as np
 
 from medr3.config import RetrieverConfig
 from medr3.retrieval.manifest import IndexNotReadyError
-from medr3.retrieval.store import BM25_B, BM25_K1, DENSE, RESULT_FIELDS, SEARCH_FIELD, Store, hit
+from medr3.retrieval.store import (
+    BM25_B,
+    BM25_K1,
+    DENSE,
+    LUCENE_STOPWORDS,
+    RESULT_FIELDS,
+    SEARCH_FIELD,
+    Store,
+    hit,
+    text_index,
+)
 
 
 def shard_path(config: RetrieverConfig) -> Path:
@@ -41,11 +51,24 @@ class EdgeStore(Store):
                 ),
             )
             self._shard.update(qe.UpdateOperation.create_field_index("source", qe.PayloadSchemaType.Keyword))
-            self._shard.update(qe.UpdateOperation.create_field_index(SEARCH_FIELD, qe.TextIndexParams(scoring=True)))
+            self._shard.update(qe.UpdateOperation.create_field_index(SEARCH_FIELD, self._text_index_params()))
         elif not (path / "edge_config.json").is_file():
             raise IndexNotReadyError(f"{path}: no Qdrant Edge shard here; build the index first")
         else:
             self._shard = qe.EdgeShard.load(str(path))
+
+    def _text_index_params(self):
+        """`text_index(config)` as qdrant-edge's TextIndexParams."""
+        qe, settings = self._qe, text_index(self._config)
+        stopwords = {
+            "lucene": qe.StopwordsSet(custom=set(LUCENE_STOPWORDS)),
+            "english": qe.Language.English,
+            "none": None,
+        }[settings["stopwords"]]
+        stemmer = qe.SnowballParams(qe.SnowballLanguage.English) if settings["stemmer"] == "english" else None
+        return qe.TextIndexParams(
+            tokenizer=qe.TokenizerType.Word, lowercase=True, stopwords=stopwords, stemmer=stemmer, scoring=True
+        )
 
     def upsert(self, ids: Sequence[int], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
         qe = self._qe

@@ -20,8 +20,8 @@ from medr3.console import console
 from medr3.data import LoadReport, corpus_files, iter_corpus
 from medr3.embedder import Embedder, load_embedder
 from medr3.retrieval.chunking import chunk_corpus
-from medr3.retrieval.manifest import ID_SCHEME, OLD_IDS, IndexNotReadyError, Manifest, file_digest
-from medr3.retrieval.store import SEARCH_FIELD, chunk_payload, open_store
+from medr3.retrieval.manifest import ID_SCHEME, UPGRADES, IndexNotReadyError, Manifest, file_digest
+from medr3.retrieval.store import SEARCH_FIELD, chunk_payload, open_store, text_index
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,17 @@ def build_index(
         "collection": config.collection,
         "url": config.url,
         "ids": ID_SCHEME["dedupe" if dedupe_ids else "unique"],
+        "text_index": text_index(config),
     }
     manifest = Manifest.load(index_path)
     if manifest is not None and manifest.fingerprint != fingerprint and not force:
-        if manifest.fingerprint | {"ids": fingerprint["ids"]} == fingerprint:
-            raise IndexNotReadyError(f"{index_path}: {OLD_IDS}; pass --force to rebuild it with unique ids")
+        older = [key for key in UPGRADES if key not in manifest.fingerprint]
+        if older and manifest.fingerprint | {key: fingerprint[key] for key in older} == fingerprint:
+            reasons = "; ".join(UPGRADES[key] for key in older)
+            raise IndexNotReadyError(f"{index_path}: {reasons}; pass --force to rebuild it")
         raise IndexNotReadyError(
             f"{index_path}: holds an index built from other inputs (corpus, embedder, chunking, batch size, id "
-            "handling or store); pass --force to rebuild it"
+            "handling, BM25 text processing or store); pass --force to rebuild it"
         )
     if manifest is not None and manifest.complete and not force:
         log.info("%s: index already complete (%d points)", index_path, manifest.points_total)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from medr3.atomic import write_text_atomic
 from medr3.config import RetrieverConfig
+from medr3.retrieval.store import text_index
 
 MANIFEST_NAME = "manifest.json"
 log = logging.getLogger(__name__)
@@ -27,6 +28,14 @@ OLD_IDS = (
     "built before passage ids were made unique (the bundled MedQuAD repeated ids such as medquad:0000004-1 across its "
     "collections, so a search result's doc_id may name two passages)"
 )
+# The fingerprint's "text_index": the BM25 arm's text processing (`medr3.retrieval.store.text_index`). Indexes built
+# before it was configurable have no such key: their text index holds plain lowercased words.
+OLD_TEXT_INDEX = (
+    "built before the BM25 arm dropped stopwords and stemmed (its text index holds plain words, a weaker BM25 arm: "
+    "docs/architecture.md, 'BM25 text processing')"
+)
+# Keys an older index lacks, and what that means: still searchable, but a resume of its build is refused.
+UPGRADES = {"ids": OLD_IDS, "text_index": OLD_TEXT_INDEX}
 
 
 class IndexNotReadyError(RuntimeError):
@@ -38,8 +47,8 @@ class Manifest:
     """Build state of one index.
 
     `fingerprint` pins the inputs (corpus files by name/size/sha256, embedder, chunking, batch size, backend and
-    collection, how repeated passage ids were handled: `ID_SCHEME`): a rerun resumes only if it matches. Batches
-    are processed in order, so `batches_done` is a prefix.
+    collection, how repeated passage ids were handled: `ID_SCHEME`, the BM25 arm's text processing: `text_index`):
+    a rerun resumes only if it matches. Batches are processed in order, so `batches_done` is a prefix.
     """
 
     fingerprint: dict
@@ -102,13 +111,22 @@ def check_index(config: RetrieverConfig) -> Manifest:
             f"rebuild it with: python pipelines/index_corpus.py --config <this config> --index-path "
             f"{config.index_path} --force"
         )
-    if "corpus" in built and "ids" not in built:  # still searchable: a warning, not a refusal
-        log.warning(
-            "%s: %s; rebuild it for unique ids: python pipelines/index_corpus.py --index-path %s --force",
-            config.index_path,
-            OLD_IDS,
-            config.index_path,
-        )
+    corpus = f"--corpus {manifest.corpus} " if manifest.corpus else ""
+    rebuild = f"python pipelines/index_corpus.py {corpus}--index-path {config.index_path} --force"
+    if "corpus" in built:  # built by the indexer here; an older index still searches: a warning, not a refusal
+        for key, why in UPGRADES.items():
+            if key not in built:
+                log.warning("%s: %s; rebuild it with: %s", config.index_path, why, rebuild)
+        wanted_text = text_index(config)
+        if "text_index" in built and built["text_index"] != wanted_text:
+            log.warning(
+                "%s: its BM25 arm was built with text processing %s, the config asks for %s; searching with the "
+                "index's own; rebuild it to change it: %s",
+                config.index_path,
+                built["text_index"],
+                wanted_text,
+                rebuild,
+            )
     return manifest
 
 

@@ -1,7 +1,8 @@
-"""Retrieval quality against gold document ids: hit@k, recall@k and reciprocal rank, per query and averaged."""
+"""Retrieval quality against gold document ids: hit@k, recall@k, reciprocal rank and nDCG, per query and averaged."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -23,8 +24,22 @@ def reciprocal_rank(retrieved: Sequence[str], gold: set[str], k: int) -> float:
     return 0.0
 
 
+def ndcg_at_k(retrieved: Sequence[str], gold: set[str], k: int) -> float:
+    """nDCG@k with binary relevance: Σ 1/log2(rank + 1) over the gold ids among the first `k`, each counted at its
+    first rank (chunks of one passage share its id), divided by the same sum for a ranking with all gold ids first.
+    """
+    found, dcg = set(), 0.0
+    for rank, doc in enumerate(retrieved[:k], 1):
+        if doc in gold and doc not in found:
+            found.add(doc)
+            dcg += 1.0 / math.log2(rank + 1)
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(gold), k) + 1))
+    return dcg / ideal if ideal else 0.0
+
+
 def summarize(runs: Sequence[tuple[Sequence[str], set[str]]], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Mean hit@k and recall@k for each k in `ks`, and MRR@max(ks), over `(retrieved doc ids, gold ids)` pairs.
+    """Mean hit@k and recall@k for each k in `ks`, and MRR and nDCG at max(ks), over `(retrieved doc ids, gold ids)`
+    pairs.
 
     Queries without gold ids are left out; `n` says how many were scored.
     """
@@ -36,6 +51,7 @@ def summarize(runs: Sequence[tuple[Sequence[str], set[str]]], ks: Sequence[int] 
     for k in ks:
         out[f"recall@{k}"] = sum(recall_at_k(r, g, k) for r, g in scored) / n
     out[f"mrr@{max(ks)}"] = sum(reciprocal_rank(r, g, max(ks)) for r, g in scored) / n
+    out[f"ndcg@{max(ks)}"] = sum(ndcg_at_k(r, g, max(ks)) for r, g in scored) / n
     return out
 
 

@@ -4,7 +4,8 @@ and qdrant-client (`client.py`: a Qdrant server by URL, or the client's local mo
 Both hold the same collection layout, so the same data gives the same results:
 - named dense vector `dense` (cosine) for the embeddings;
 - a BM25-scored full-text index on payload field `search_text` (title + text), queried with Qdrant's TextQuery:
-  Lucene BM25 with live IDF and average length, computed by Qdrant itself;
+  Lucene BM25 with live IDF and average length, computed by Qdrant itself. The index tokenizes documents and queries
+  alike (`text_index`): words, lowercased, Lucene's English stopwords dropped, Snowball-stemmed by default;
 - a keyword index on `source` for source filters;
 - hybrid = both arms as prefetches fused by reciprocal rank fusion, score Σ 1/(rrf_k + rank0), rrf_k passed
   explicitly because the two backends default to different k.
@@ -23,6 +24,13 @@ DENSE = "dense"
 SEARCH_FIELD = "search_text"
 RESULT_FIELDS = ["id", "doc_id", "title", "text", "source"]
 BM25_K1, BM25_B = 1.2, 0.75  # Lucene's defaults
+# Lucene's English stopword set (EnglishAnalyzer; bm25s's "en"). On the bundled retrieval evaluation it beat Qdrant's
+# longer English list on PubMedQA* and lost a little on BioASQ (docs/architecture.md, "BM25 text processing").
+LUCENE_STOPWORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then there these they "
+    "this to was will with".split()
+)
+PLAIN_TEXT_INDEX = {"tokenizer": "word", "lowercase": True, "stopwords": "none", "stemmer": "none"}
 
 
 class StoreUnavailableError(ConnectionError):
@@ -72,6 +80,17 @@ def open_store(config: RetrieverConfig, dim: int | None = None) -> Store:
     from medr3.retrieval.client import ClientStore
 
     return ClientStore(config, dim)
+
+
+def text_index(config: RetrieverConfig) -> dict:
+    """The text processing of the BM25 arm an index of `config` gets, as recorded in its manifest's fingerprint.
+
+    qdrant-client's local mode scores text queries only over the plain word tokenizer, so backend `local` always gets
+    `PLAIN_TEXT_INDEX` (the settings indexes had before they were configurable).
+    """
+    if config.backend == "local":
+        return dict(PLAIN_TEXT_INDEX)
+    return PLAIN_TEXT_INDEX | {"stopwords": config.bm25_stopwords, "stemmer": config.bm25_stemmer}
 
 
 def chunk_payload(chunk) -> dict:
