@@ -23,6 +23,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bm25s  # noqa: E402
+
 from medr3.config import RetrieverConfig  # noqa: E402
 from medr3.data import iter_corpus, load_mirage  # noqa: E402
 from medr3.retrieval.chunking import chunk_corpus  # noqa: E402
@@ -41,9 +43,6 @@ class PlainBM25:
     """`bm25s` over the index's chunks (title + text, as the BM25 arm indexes them), searched like a Searcher."""
 
     def __init__(self, corpus: str | Path, chunk_words: int, chunk_overlap: int, dedupe_ids: bool = False):
-        import bm25s
-
-        self._bm25s = bm25s
         passages = iter_corpus(corpus, dedupe_ids=dedupe_ids)
         chunks = [chunk_payload(c) for c in chunk_corpus(passages, chunk_words, chunk_overlap)]
         self._doc_ids = [c["doc_id"] for c in chunks]
@@ -51,7 +50,7 @@ class PlainBM25:
         self._retriever.index(self._tokenize([c[SEARCH_FIELD] for c in chunks]), show_progress=False)
 
     def _tokenize(self, texts: list[str]):
-        return self._bm25s.tokenize(texts, stopwords="en", show_progress=False)
+        return bm25s.tokenize(texts, stopwords="en", show_progress=False)
 
     def batch_search(self, queries: list[str], k: int, mode: str | None = None) -> list[list[dict]]:
         queries = [" ".join(q.split()) for q in queries]  # as the Searcher normalizes them
@@ -83,15 +82,11 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plain_bm25(manifest, corpus: str | None) -> PlainBM25 | None:
-    """The reference over the corpus the index was built from (or `corpus`), or None with a note without bm25s."""
+def plain_bm25(manifest, corpus: str | None) -> PlainBM25:
+    """The reference over the corpus the index was built from (or `corpus`)."""
     built = manifest.fingerprint
     corpus = corpus or manifest.corpus or str(ROOT / "data/corpus")
-    try:
-        return PlainBM25(corpus, built["chunk_words"], built["chunk_overlap"], built.get("ids") == ID_SCHEME["dedupe"])
-    except ImportError:
-        print('[eval] plain-BM25 reference left out: bm25s is not installed (pip install -e ".[dev]")')
-        return None
+    return PlainBM25(corpus, built["chunk_words"], built["chunk_overlap"], built.get("ids") == ID_SCHEME["dedupe"])
 
 
 def main(argv: list[str] | None = None) -> int:
