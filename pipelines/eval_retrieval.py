@@ -1,7 +1,7 @@
 """Retrieval quality on MIRAGE's PubMedQA* and BioASQ-Y/N: hit@k, recall@k, MRR and nDCG@10 of the gold PMIDs, for
 dense, BM25 and hybrid search over the built index, and for a plain `bm25s` BM25 over the same chunks as the reference
-the index's BM25 arm should match (Lucene BM25, k1 1.5, b 0.75, its English stopwords, no stemming; needs
-`pip install -e ".[dev]"`, else left out with a note). Prints a table and writes JSON.
+the index's BM25 arm should match (Lucene BM25, k1 1.5, b 0.75, its English stopwords, no stemming). Prints a table
+and writes JSON.
 
     python pipelines/eval_retrieval.py [--index-path artifacts/index/default] [--out runs/eval_retrieval.json]
 

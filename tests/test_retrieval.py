@@ -230,7 +230,7 @@ def test_unreachable_qdrant_url_fails_within_the_timeout_naming_the_url(tmp_path
 @pytest.fixture(scope="module")
 def default_index_quality(root):
     """`(manifest, eval_retrieval's results)` on the index ./setup.sh builds (skipped without it): the three arms and
-    the plain-BM25 reference (None without bm25s); ~1 min of searching."""
+    the plain-BM25 reference; ~1 min of searching."""
     from medr3.retrieval.manifest import is_complete
     from pipelines.eval_retrieval import evaluate, plain_bm25
 
@@ -260,8 +260,6 @@ def test_the_bm25_arm_is_at_least_as_good_as_plain_bm25s_on_the_default_index(de
     manifest, results = default_index_quality
     if "text_index" not in manifest.fingerprint:
         pytest.skip("default index built before the BM25 text processing: pipelines/prepare.py --only index --force")
-    if "bm25s" not in results["pubmedqa"]:
-        pytest.skip("bm25s not installed (the dev extra)")
     ndcg = {mode: [by_mode[mode]["ndcg@10"] for by_mode in results.values()] for mode in ("bm25", "bm25s")}
     assert all(arm >= plain - 0.002 for arm, plain in zip(ndcg["bm25"], ndcg["bm25s"], strict=True)), results
     assert sum(ndcg["bm25"]) >= sum(ndcg["bm25s"]), results
@@ -463,7 +461,6 @@ def test_an_index_whose_text_processing_differs_from_the_config_searches_with_it
 
 
 def test_eval_retrieval_reports_the_three_arms_and_the_plain_bm25_reference(tmp_path):
-    pytest.importorskip("bm25s")
     from pipelines.eval_retrieval import PlainBM25, evaluate, table
 
     corpus = users_corpus(tmp_path / "notes.jsonl")
