@@ -559,10 +559,23 @@ class ServeConfig(_Section):
     )
     temperature: float = Field(0.6, ge=0, description="/v1/answer sampling (the release's evaluation: 0.6).")
     top_p: float = Field(0.9, gt=0, le=1, description="/v1/answer nucleus sampling (the release's evaluation: 0.9).")
+    stream_interval_s: float = Field(
+        0.05,
+        ge=0,
+        description="Chat streams: tokens made less than this after the model replica's last chunk wait and go out "
+        "with the next one (a chunk is at most this late), so a replica sends the ingress a message per interval "
+        "rather than per token. 0 = every token at once.",
+    )
     batch_size: int = Field(
         16, ge=1, description="/v1/answer: concurrent requests a model replica runs as one rollout batch."
     )
-    batch_wait_s: float = Field(0.02, ge=0, description="/v1/answer: how long a batch waits to fill.")
+    batch_wait_s: float = Field(
+        0.05,
+        ge=0,
+        description="/v1/answer: how long a batch waits to fill. Requests reach a model replica through the ingress "
+        "some ms apart: 0.05 s still gathers them (0.02 s split them, 5.8 against 9.6 answers/s at concurrency 8 "
+        "on the tiny model).",
+    )
     snippet_chars: int = Field(300, ge=16, description="/v1/answer: characters of each document's snippet.")
     retrieval: bool = Field(True, description="Serve <search> calls from the retriever's index (false: no search).")
 

@@ -191,7 +191,7 @@ class MedR3Model:
             await self._require_engine()
             head, runs, prompt_tokens = self._chat_runs(req)
         usage = bool(req.stream_options and req.stream_options.include_usage)
-        async for event in sse(head, runs, prompt_tokens, usage):
+        async for event in sse(head, runs, prompt_tokens, usage, self.config.serve.stream_interval_s):
             yield event
 
     async def answer(self, req: AnswerRequest) -> dict:
@@ -422,9 +422,12 @@ def model_options(s: ServeConfig) -> dict:
 def ingress_options(s: ServeConfig) -> dict:
     """The ingress: one replica on no reserved CPU (it only relays), taking every request the model replicas can."""
     model_replicas = s.max_replicas if s.autoscaling else s.replicas
+    # It only awaits: its code and its router run on the replica's own event loop, sparing two thread hand-offs per
+    # message (what Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED sets; ray/serve/_private/constants.py).
+    inline = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
     return {
         "num_replicas": 1,
-        "ray_actor_options": {"num_cpus": 0},
+        "ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": inline}},
         "max_ongoing_requests": s.max_ongoing_requests * model_replicas,
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from collections.abc import AsyncIterator
 
@@ -48,9 +49,13 @@ def _usage(prompt_tokens: int, completion_tokens: int, retrieved_tokens: int) ->
 
 
 async def sse(
-    head: dict, runs: list[AsyncIterator[Piece]], prompt_tokens: int, include_usage: bool
+    head: dict, runs: list[AsyncIterator[Piece]], prompt_tokens: int, include_usage: bool, every_s: float = 0.0
 ) -> AsyncIterator[str]:
-    """OpenAI's stream: `data: {chunk}` events, one choice delta each, then optional usage, then `data: [DONE]`."""
+    """OpenAI's stream: `data: {chunk}` events, one choice delta each, then optional usage, then `data: [DONE]`.
+
+    Events made less than `every_s` after the last item went out wait and go out together, as one item of several
+    events (at most `every_s` late): each item the model replica yields costs a message to the ingress and back, and
+    the engine makes one event per token."""
 
     def event(choices: list[dict], **more) -> str:
         return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': choices, **more})}\n\n"
@@ -69,24 +74,33 @@ async def sse(
         [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for i in range(len(runs))]
     )
     tasks = [asyncio.create_task(pump(i, run)) for i, run in enumerate(runs)]
+    clock = asyncio.get_running_loop().time
     try:
         open_runs, completion, retrieved = len(runs), 0, 0
+        pending: list[str] = []
+        sent = -math.inf
         while open_runs:
-            i, item = await queue.get()
+            if pending and clock() - sent >= every_s:
+                yield "".join(pending)
+                pending, sent = [], clock()
+            try:
+                i, item = await asyncio.wait_for(queue.get(), sent + every_s - clock() if pending else None)
+            except TimeoutError:
+                continue
             if item is None:
                 open_runs -= 1
             elif isinstance(item, Exception):
                 log.error("stream failed: %s: %s", type(item).__name__, item)
-                yield error_event(ApiError.from_failure(item))
+                pending.append(error_event(ApiError.from_failure(item)))
                 break
             else:
                 completion += item.generated
                 retrieved += item.inserted
                 delta = {"content": item.text} if item.text else {}
-                yield event([{"index": i, "delta": delta, "finish_reason": item.finish_reason}])
+                pending.append(event([{"index": i, "delta": delta, "finish_reason": item.finish_reason}]))
         if include_usage:
-            yield event([], usage=_usage(prompt_tokens, completion, retrieved))
-        yield "data: [DONE]\n\n"
+            pending.append(event([], usage=_usage(prompt_tokens, completion, retrieved)))
+        yield "".join(pending) + "data: [DONE]\n\n"
     finally:  # a client that hangs up cancels the pumps, which aborts their engine requests
         for task in tasks:
             task.cancel()

@@ -207,6 +207,25 @@ def test_reasoning_never_ends_inside_a_tag(text):
     assert answer_body(traj, 40, 1.0)["reasoning"] == "Check."
 
 
+def test_a_paced_stream_carries_the_same_events_in_fewer_chunks():
+    """serve.stream_interval_s: tokens made within the interval travel together; the first goes at once."""
+    from serve.chat import Piece
+    from serve.responses import sse
+
+    async def tokens():  # one choice: ten tokens 5 ms apart
+        for k in range(10):
+            await asyncio.sleep(0.005)
+            yield Piece(f"t{k} ", 1)
+        yield Piece("", 0, "stop")
+
+    async def chunks(every_s: float) -> list[str]:
+        return [chunk async for chunk in sse({"id": "x"}, [tokens()], 3, True, every_s)]
+
+    each, paced = asyncio.run(chunks(0)), asyncio.run(chunks(0.05))
+    assert "".join(paced) == "".join(each) and len(each) == 13  # role, ten tokens, stop, usage with [DONE]
+    assert len(paced) <= 5 and '"t0 "' in paced[1] and '"t1 "' not in paced[1]
+
+
 class _FakeModel:
     """A model deployment's handle for ModelGate: `replies` is what a broadcast of health() gives, or raises."""
 
@@ -504,7 +523,7 @@ def test_with_a_key_requests_need_it_and_health_stays_open(base_url, serve_args,
     config, model_path = load_serve_config(serve_args)
     options = ingress_options(config.serve)
     # Test-only: the key reaches the ingress through its environment, as a deployment would set it.
-    options["ray_actor_options"] = {**options["ray_actor_options"], "runtime_env": {"env_vars": {KEY_ENV: "s3cret"}}}
+    options["ray_actor_options"]["runtime_env"]["env_vars"][KEY_ENV] = "s3cret"
     model = MedR3Model.options(**model_options(config.serve)).bind(config, model_path)
     serve.run(
         MedR3Server.options(**options).bind(config, model_path, model), name="medr3-auth", route_prefix="/secure"
