@@ -1,4 +1,5 @@
-"""Load-test the Serve endpoint on 127.0.0.1 at concurrency 1, 8 and 32: p50/p99 latency, requests/s, errors.
+"""Load-test the Serve endpoint on 127.0.0.1 at concurrency 1, 8 and 32 (requests/s, p50/p95 latency, errors), then
+kill the model replica and time Serve's replacement.
 
     python bench/bench_serve.py                                   # starts the app itself (tiny model, small index)
     python bench/bench_serve.py --url http://127.0.0.1:8000       # against a running endpoint (loopback only)
@@ -6,13 +7,20 @@
 Each level sends a bounded number of requests (--requests, default 4 x concurrency, at least 8) for each route —
 chat (non-streamed), chat streamed (latency = last byte; time to first token reported too) and /v1/answer — and stops
 early after --max-seconds per level. Concurrency 1 is the baseline the other levels' throughput is divided by.
+
+Then, on the app it started (not with --url; --no-kill skips it), it SIGKILLs the model replica's process and sends a
+chat request every 0.2 s: the seconds from the kill to the first 200, and how many requests were refused meanwhile
+and how fast (each should be a JSON 503 in well under a second, not held until the new replica serves). The last
+line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -79,7 +87,7 @@ async def _level(url: str, route: str, concurrency: int, count: int, max_seconds
         "errors": sum(not r[2] for r in results),
         "rps": len(results) / wall,
         "p50": _pct(latencies, 50),
-        "p99": _pct(latencies, 99),
+        "p95": _pct(latencies, 95),
         "ttft": statistics.median(firsts) if firsts else None,
     }
 
@@ -92,6 +100,36 @@ def _pct(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
     return sorted_values[min(len(sorted_values) - 1, round(q / 100 * (len(sorted_values) - 1)))]
+
+
+def _kill_and_recover(url: str, app: str, limit_s: float = 300) -> dict:
+    """SIGKILL app `app`'s model replica; a chat request every 0.2 s until one is served (see the module docstring)."""
+    import psutil
+
+    title = f"ServeReplica:{app}:MedR3Model"  # Ray's process title for the replica
+    (replica,) = [p for p in psutil.process_iter(["cmdline"]) if title in " ".join(p.info["cmdline"] or [])]
+    body = {"model": "medr3", "messages": MESSAGES, "max_tokens": 8}
+    refused, not_json_503 = [], 0
+    os.kill(replica.pid, signal.SIGKILL)
+    killed = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=120) as client:
+        while time.perf_counter() - killed < limit_s:
+            sent = time.perf_counter()
+            r = client.post("/v1/chat/completions", json=body)
+            if r.status_code == 200:
+                break
+            refused.append(time.perf_counter() - sent)
+            is_json = r.headers.get("content-type", "").startswith("application/json")
+            not_json_503 += not (r.status_code == 503 and "retry-after" in r.headers and is_json)
+            time.sleep(0.2)
+    refused.sort()
+    return {
+        "recovery_s": round(time.perf_counter() - killed, 1),
+        "refused": len(refused),
+        "refused_not_json_503": not_json_503,
+        "refused_p50_ms": round(_pct(refused, 50) * 1000, 1) if refused else None,
+        "refused_max_ms": round(refused[-1] * 1000, 1) if refused else None,
+    }
 
 
 def _start_local_app(port: int, extra: list[str]):
@@ -118,6 +156,7 @@ def _small_index(folder: Path) -> str:
 
     from medr3.config import RetrieverConfig
     from medr3.retrieval.indexer import build_index
+    from medr3.retrieval.manifest import IndexNotReadyError
 
     folder.mkdir(parents=True, exist_ok=True)
     corpus = folder / "corpus.jsonl"
@@ -125,7 +164,10 @@ def _small_index(folder: Path) -> str:
         with lzma.open(ROOT / "data/corpus/bioasq_snippet.jsonl.xz", "rt", encoding="utf-8") as f:
             corpus.write_text("".join(itertools.islice(f, 300)), encoding="utf-8")
     config = RetrieverConfig(index_path=str(folder / "index"), batch_size=64)
-    build_index(config, corpus, progress=False)  # a finished index is left as it is
+    try:
+        build_index(config, corpus, progress=False)  # a finished index is left as it is
+    except IndexNotReadyError:  # built by an older indexer: this cache is the bench's own, so rebuild it
+        build_index(config, corpus, progress=False, force=True)
     return config.index_path
 
 
@@ -140,14 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=60.0, help="Time limit per level and route.")
     parser.add_argument("--set", action="append", default=[], help="Config override for the app this script starts.")
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of each chat request.")
+    parser.add_argument("--no-kill", action="store_true", help="Skip killing the replica of the app this starts.")
     args = parser.parse_args(argv)
     if args.url and urlparse(args.url).hostname not in {"127.0.0.1", "localhost", "::1"}:
         raise SystemExit("this benchmark only sends requests to 127.0.0.1")
     served = None if args.url else _start_local_app(args.port, args.set)
     url = args.url or f"http://127.0.0.1:{args.port}"
+    figures: dict = {"levels": [], "kill": None}
     try:
         httpx.get(f"{url}/healthz", timeout=30).raise_for_status()
-        print(f"{'route':<7} {'conc':>4} {'n':>4} {'errors':>6} {'req/s':>7} {'x c=1':>6} {'p50 ms':>8} {'p99 ms':>8} "
+        print(f"{'route':<7} {'conc':>4} {'n':>4} {'errors':>6} {'req/s':>7} {'x c=1':>6} {'p50 ms':>8} {'p95 ms':>8} "
               f"{'ttft ms':>8}")  # fmt: skip
         for route in args.routes:
             base = None
@@ -158,12 +202,31 @@ def main(argv: list[str] | None = None) -> int:
                 ttft = f"{r['ttft'] * 1000:8.0f}" if r["ttft"] is not None else f"{'-':>8}"
                 print(
                     f"{route:<7} {c:>4} {r['n']:>4} {r['errors']:>6} {r['rps']:>7.1f} {r['rps'] / base:>6.2f} "
-                    f"{r['p50'] * 1000:>8.0f} {r['p99'] * 1000:>8.0f} {ttft}",
+                    f"{r['p50'] * 1000:>8.0f} {r['p95'] * 1000:>8.0f} {ttft}",
                     flush=True,
                 )
+                ms = {k: round(r[k] * 1000, 1) if r[k] is not None else None for k in ("p50", "p95", "ttft")}
+                level = {
+                    "route": route,
+                    "concurrency": c,
+                    "n": r["n"],
+                    "errors": r["errors"],
+                    "rps": round(r["rps"], 2),
+                }
+                figures["levels"].append({**level, **{f"{k}_ms": v for k, v in ms.items()}})
+        if served is not None and not args.no_kill:
+            figures["kill"] = _kill_and_recover(url, "medr3-bench")
+            k = figures["kill"]
+            print(
+                f"replica killed: served again {k['recovery_s']} s later; meanwhile {k['refused']} requests refused "
+                f"(p50 {k['refused_p50_ms']} ms, max {k['refused_max_ms']} ms; {k['refused_not_json_503']} not a "
+                "JSON 503)",
+                flush=True,
+            )
     finally:
         if served is not None:
             served.shutdown()
+    print(json.dumps(figures))
     return 0
 
 
