@@ -120,6 +120,13 @@ class DatasetSpec(_Section):
         None, description="MIRAGE layout only (kinds mirage, json): which tasks to read (default: all of the file's)."
     )
     limit: int | None = Field(None, ge=1, description="Read at most this many records (after skipping bad ones).")
+    weight: float | None = Field(
+        None,
+        gt=0,
+        description="A stage's train files only: this file's share of every step's prompts, relative to the stage's "
+        "other files (e.g. 1 and 1 draw them evenly whatever their sizes). Give every file of the stage a weight or "
+        "none; with none, a step draws from all their questions pooled, so a large file dominates.",
+    )
 
     def is_mirage(self) -> bool:
         """Whether this is the MIRAGE benchmark (an evaluation set: never trained on), bundled or a copy of it."""
@@ -130,6 +137,18 @@ class DatasetSpec(_Section):
 class DataConfig(_Section):
     corpus: InputPath = Field("data/corpus", description="Corpus jsonl file or a folder of *.jsonl[.xz|.gz] files.")
     eval: list[DatasetSpec] = Field(default_factory=list, description="Held-out benchmarks; never trained on.")
+
+    @field_validator("eval")
+    @classmethod
+    def _unweighted(cls, specs: list[DatasetSpec]) -> list[DatasetSpec]:
+        _refuse_weights(specs, "an evaluation file")
+        return specs
+
+
+def _refuse_weights(specs: Collection[DatasetSpec], what: str) -> None:
+    weighted = [spec.path for spec in specs if spec.weight is not None]
+    if weighted:
+        raise ValueError(f"weight is for a stage's train files; {what} has none ({weighted[0]})")
 
 
 class Resources(_Section):
@@ -385,6 +404,7 @@ class WarmupConfig(_Section):
     def _not_eval(self) -> WarmupConfig:
         if any(spec.is_mirage() for specs in self.specs().values() for spec in specs):
             raise ValueError("MIRAGE is an evaluation benchmark: never train on it (data/README.md)")
+        _refuse_weights([spec for specs in self.specs().values() for spec in specs], "a warm-start file")
         return self
 
     def specs(self) -> dict[str, list[DatasetSpec]]:
@@ -468,6 +488,9 @@ class StageConfig(_Section):
     def _consistent(self) -> StageConfig:
         if any(spec.is_mirage() for spec in self.train):
             raise ValueError("MIRAGE is an evaluation benchmark: never train on it (data/README.md)")
+        weighted = [spec.weight is not None for spec in self.train]
+        if any(weighted) and not all(weighted):
+            raise ValueError("train: give every file a weight or none (a file without one has no share to draw)")
         known = gate_metrics(self.reward.term_names())
         if self.gate and self.gate.metric not in known:
             raise ValueError(f"gate.metric: unknown gate metric {self.gate.metric!r} (known: {', '.join(known)})")

@@ -44,6 +44,7 @@ from medr3.config import (  # noqa: E402
 from medr3.console import say, send_logs_to  # noqa: E402
 from medr3.data import load_dataset  # noqa: E402
 from medr3.retrieval.manifest import IndexNotReadyError, check_index  # noqa: E402
+from medr3.stages import QuestionPool  # noqa: E402
 
 WARMUP = "warmup"
 ALL_STAGES = (WARMUP, *STAGE_NAMES)  # the position's stage_index counts in this order
@@ -206,7 +207,7 @@ class ProgressiveTrainer:
             questions = self.stage_questions(name, stage)
             gate_note = f", gate {stage.gate.metric} >= {stage.gate.threshold}" if stage.gate else ""
             retrieval = "on" if stage.retrieval else "off"
-            say(f"[stage] {name}: {stage.steps} steps, {len(questions)} questions, retrieval {retrieval}{gate_note}")
+            say(f"[stage] {name}: {stage.steps} steps, {questions.describe()}, retrieval {retrieval}{gate_note}")
             gate = Gate(stage.gate, self.pos["gate_streak"])
             while True:
                 self.commit_checkpoint(wait=False)
@@ -309,7 +310,7 @@ class ProgressiveTrainer:
         random.Random(f"{seed}/warmup").shuffle(demos)
         return demos
 
-    def step(self, name: str, stage: StageConfig, questions: list) -> dict:
+    def step(self, name: str, stage: StageConfig, questions: QuestionPool) -> dict:
         from medr3.experience import advantages, reward_inputs, rollout_metrics, train_samples
 
         self.timer, g, step = Timer(), self.config.grpo, self.pos["global_step"]
@@ -366,19 +367,21 @@ class ProgressiveTrainer:
 
     # -- phases ----------------------------------------------------------------------------------------------------
 
-    def stage_questions(self, name: str, stage: StageConfig) -> list:
-        """The stage's training questions, less those kept for the warm start's demonstrations (disjoint sets)."""
+    def stage_questions(self, name: str, stage: StageConfig) -> QuestionPool:
+        """The stage's training questions per file, less those kept for the warm start's demonstrations (disjoint
+        sets), drawn by the files' weights when they have them."""
         from medr3.demos import split_warmup
 
-        w, questions = self.config.stages.warmup, []
+        w, files = self.config.stages.warmup, []
         for spec in stage.train:
             items, report = load_dataset(spec)
             if report.skipped:
                 say(f"[data] {report.summary()} (first: {report.skipped[0]})")
-            questions += split_warmup(items, self.config.run.seed, w.fraction)[1] if w.steps else items
-        return questions
+            files.append(tuple(split_warmup(items, self.config.run.seed, w.fraction)[1] if w.steps else items))
+        weights = tuple(spec.weight for spec in stage.train) if stage.train[0].weight is not None else None
+        return QuestionPool(tuple(files), weights)
 
-    def rollout_for(self, name: str, stage: StageConfig, questions: list, stage_step: int):
+    def rollout_for(self, name: str, stage: StageConfig, questions: QuestionPool, stage_step: int):
         """This step's trajectories: the prefetched ones in pipelined mode, else generated now."""
         key = (name, stage_step)
         if self.prefetch and self.prefetch[0] == key:
@@ -387,19 +390,18 @@ class ProgressiveTrainer:
             return future.result()
         return self.generate(name, stage, questions, stage_step)
 
-    def maybe_prefetch(self, name: str, stage: StageConfig, questions: list) -> None:
+    def maybe_prefetch(self, name: str, stage: StageConfig, questions: QuestionPool) -> None:
         """Pipelined mode: start the next step's rollout now; it overlaps training (one step off-policy, corrected
         by the importance ratio against the generator's logprobs)."""
         nxt = self.pos["stage_step"] + 1
         if self.config.grpo.pipelined and nxt < stage.steps:
             self.prefetch = ((name, nxt), self.pool.submit(self.generate, name, stage, questions, nxt))
 
-    def generate(self, name: str, stage: StageConfig, questions: list, stage_step: int):
+    def generate(self, name: str, stage: StageConfig, questions: QuestionPool, stage_step: int):
         from medr3.rollout import Rollout, RolloutSettings
-        from medr3.stages import batch_for_step
 
         g = self.config.grpo
-        batch = batch_for_step(questions, name, stage_step, g.prompts_per_step, self.config.run.seed)
+        batch = questions.batch(name, stage_step, g.prompts_per_step, self.config.run.seed)
         spent, search_fn = [0.0], self.search_fn()
 
         def search(queries: list[str]) -> list[list[dict]]:

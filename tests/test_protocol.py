@@ -11,6 +11,7 @@ from medr3.protocol import (
     check_format,
     extract_answer,
     format_documents,
+    instruction,
     is_correct,
     parse,
     search_query,
@@ -258,3 +259,10 @@ def test_mask_covers_exactly_the_inserted_spans(interleaving):
 def test_generated_ids_need_one_logprob_each():
     with pytest.raises(ValueError, match="logprobs"):
         ResponseBuilder().add_generated([1, 2], [-0.1])
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_the_prompt_shows_no_option_letter_a_model_could_copy(search):
+    # an example such as "<answer>B. Iron deficiency</answer>" made B the warm-started model's answer of habit
+    text = instruction(search)
+    assert "<answer>" in text and not re.search(r"<answer>\s*[A-Z][.)]", text)
