@@ -83,16 +83,16 @@ class StepClock:
             own = [t for s, ts in self.times.items() if s != "warmup" for t in ts]
         return sum(own) / len(own) if own else None
 
-    def remaining(self, steps_left: dict[str, int], extra_s: float = 0.0) -> float | None:
+    def remaining(self, steps_left: dict[str, int], extra_s: float = 0.0, known_only: bool = False) -> float | None:
         """Seconds for `steps_left[stage]` more steps of each stage, plus `extra_s`; None while a stage with steps
-        left has no estimate."""
+        left has no estimate, or with `known_only` the seconds of the stages that have one (a lower bound)."""
         total = extra_s
         for stage, steps in steps_left.items():
             if steps > 0:
                 per_step = self.per_step(stage)
-                if per_step is None:
+                if per_step is None and not known_only:
                     return None
-                total += steps * per_step
+                total += steps * (per_step or 0.0)
         return total
 
 
@@ -105,8 +105,11 @@ def duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def progress_line(r: dict, stage_steps: int, eta_stage: float | None = None, eta_job: float | None = None) -> str:
-    """One console line per step: where the job is, the step's main metrics, its time and the ETAs."""
+def progress_line(
+    r: dict, stage_steps: int, eta_stage: float | None = None, eta_job: float | None = None, job_floor: bool = False
+) -> str:
+    """One console line per step: where the job is, the step's main metrics, its time and the ETAs (`job_floor`:
+    the job's ETA leaves out stages not timed yet, so it shows as `>` a lower bound)."""
     where = f"[{r['stage']:9s} {r['stage_step']:3d}/{stage_steps:<3d} | step {r['global_step']:4d}]"
     if r["stage"] == "warmup":  # supervised: no rollout, no reward
         what = f"sft loss {r.get('train/loss', 0):.4f}  {r.get('train/tokens_per_s', 0):5.0f} tokens/s"
@@ -116,5 +119,6 @@ def progress_line(r: dict, stage_steps: int, eta_stage: float | None = None, eta
             f"format {r.get('rollout/format_rate', 0):.2f}  search {r.get('rollout/searches_per_traj', 0):.2f}  "
             f"loss {r.get('train/loss', 0):+.4f}"
         )
-    when = f"{r.get('timing/step', 0):5.1f} s/step  ETA stage {duration(eta_stage)}  job {duration(eta_job)}"
+    job = (">" if job_floor and eta_job is not None else "") + duration(eta_job)
+    when = f"{r.get('timing/step', 0):5.1f} s/step  ETA stage {duration(eta_stage)}  job {job}"
     return f"{where} {what} | {when}"

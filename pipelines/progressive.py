@@ -356,14 +356,18 @@ class ProgressiveTrainer:
         self.clock.add(record["stage"], record["timing/step"])
         say(progress_line(record, stage_steps(self.config)[record["stage"]], *self.etas(record)))
 
-    def etas(self, record: dict) -> tuple[float | None, float | None]:
+    def etas(self, record: dict) -> tuple[float | None, float | None, bool]:
         """Seconds left in `record`'s stage and in the job (its later stages, and the final evaluation as long as
-        the base one took), from the mean step time so far of each stage (a gate may end a stage sooner)."""
+        the base one took), from the mean step time so far of each stage (a gate may end a stage sooner); and
+        whether the job's is a lower bound (during the warm start no GRPO step is timed yet)."""
         steps, stage = stage_steps(self.config), record["stage"]
         left = {stage: steps[stage] - record["stage_step"]}
         later = {name: steps[name] for name in ALL_STAGES[ALL_STAGES.index(stage) + 1 :]}
         final_eval = self.eval_s if self.config.run.final_eval else 0.0
-        return self.clock.remaining(left), self.clock.remaining(left | later, final_eval)
+        job = self.clock.remaining(left | later, final_eval)
+        if job is not None:
+            return self.clock.remaining(left), job, False
+        return self.clock.remaining(left), self.clock.remaining(left | later, final_eval, known_only=True), True
 
     # -- phases ----------------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ def test_etas_come_from_each_stage_s_mean_step_time_and_unseen_stages_take_the_g
     clock.add("warmup", 3.0)
     assert clock.remaining({"warmup": 2}) == 4.0
     assert clock.remaining({"warmup": 1, "reasoning": 2}) is None  # no GRPO step measured yet
+    assert clock.remaining({"warmup": 1, "reasoning": 2}, extra_s=5.0, known_only=True) == 2.0 + 5  # a lower bound
     clock.add("reasoning", 10.0)
     clock.add("retrieval", 20.0)
     assert clock.remaining({"warmup": 0, "retrieval": 1, "joint": 2}, extra_s=5.0) == 20 + 2 * 15 + 5
@@ -29,6 +30,8 @@ def test_a_step_line_shows_the_step_of_its_stage_its_metrics_and_both_etas():
     assert line.endswith("|  12.0 s/step  ETA stage 0:36  job 1:02:05")
     warm = progress_line({"stage": "warmup", "stage_step": 1, "global_step": 1, "train/loss": 2.0}, 16)
     assert "sft loss 2.0000" in warm and warm.endswith("ETA stage ?  job ?")
+    floor = progress_line({"stage": "warmup", "stage_step": 2, "global_step": 2}, 16, 28.0, 400.0, job_floor=True)
+    assert floor.endswith("ETA stage 0:28  job >6:40")  # the GRPO stages not timed yet: at least this long
 
 
 LIBRARY = """
