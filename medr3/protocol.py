@@ -24,8 +24,8 @@ ZERO_WIDTH_SPACE = "\u200b"  # breaks a special-token string in user text withou
 _TAG = re.compile(r"<\s*/?\s*(?:think|search|document|answer|information|result)s?\s*>", re.IGNORECASE)
 _ANY_TAG = re.compile(r"<(/?)(think|search|document|answer)>")
 
-# No example answer with a letter in it: with "<answer>B. Iron deficiency</answer>" here, a warm-started 135M model
-# answered B to 37 of 64 MMLU-Med questions when it did not search (docs/method.md §2).
+# No example answer with a letter in it: a fixed letter is a hint a small model can copy. (Removing the old example,
+# "<answer>B. Iron deficiency</answer>", did not end SmolLM2's habit of answering B: docs/method.md §2.)
 _GUIDE = (
     "Answer the medical question below. First reason step by step inside <think> and </think>. "
     "{search}When you have reasoned enough, give the final answer inside <answer> and </answer>: "

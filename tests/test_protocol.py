@@ -263,6 +263,6 @@ def test_generated_ids_need_one_logprob_each():
 
 @pytest.mark.parametrize("search", [False, True])
 def test_the_prompt_shows_no_option_letter_a_model_could_copy(search):
-    # an example such as "<answer>B. Iron deficiency</answer>" made B the warm-started model's answer of habit
+    # a fixed example letter is a hint a small model can copy
     text = instruction(search)
     assert "<answer>" in text and not re.search(r"<answer>\s*[A-Z][.)]", text)
