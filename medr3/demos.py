@@ -84,21 +84,28 @@ class Demo:
 
 @dataclass
 class DemoReport:
-    """What `build_demos` built per kind, and which questions it skipped: (kind, question id, reason)."""
+    """What `build_demos` built per kind, which questions it skipped: (kind, question id, reason), and by how many
+    questions a kind's warm-up split fell short of what was requested (`short`)."""
 
     requested: dict[str, int] = field(default_factory=dict)
     built: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    short: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
-        kinds = ", ".join(f"{k} {self.built.get(k, 0)}/{n}" for k, n in self.requested.items())
+        kinds = ", ".join(f"{k} {self.built.get(k, 0)}/{n}{self._shortfall(k)}" for k, n in self.requested.items())
         return f"demos built (of requested): {kinds}; {len(self.skipped)} skipped"
+
+    def _shortfall(self, kind: str) -> str:
+        return f" (its warm-up split is {self.short[kind]} questions short)" if self.short.get(kind) else ""
 
     def add(self, other: DemoReport) -> None:
         """Count `other`'s demos in with these (one report for demos built from several files)."""
         for kind, n in other.requested.items():
             self.requested[kind] = self.requested.get(kind, 0) + n
             self.built[kind] = self.built.get(kind, 0) + other.built.get(kind, 0)
+        for kind, n in other.short.items():
+            self.short[kind] = self.short.get(kind, 0) + n
         self.skipped += other.skipped
 
 
@@ -137,6 +144,8 @@ def build_demos(
     built = []
     for kind, count in counts.items():
         chosen = _choose(questions_by_kind.get(kind, ()), kind, count, settings.seed)
+        if len(chosen) < count:
+            report.short[kind] = count - len(chosen)
         if kind == "search":
             pieces = _search_pieces(tokenizer, chosen, settings, search_fn)
         elif kind == "reasoning":

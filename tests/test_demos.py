@@ -246,3 +246,10 @@ def test_the_plan_gives_each_kind_its_share_split_evenly_over_its_files():
     assert [(kind, count) for kind, _, count in plan] == [("reasoning", 8), ("mcq", 12), ("search", 6), ("search", 6)]
     assert {q.source for q in plan[2][1]} == {"pubmedqa"} and plan[3][1][0].source.startswith("headqa")
     assert all(is_warmup(q.id, 0, warmup.fraction) for _, questions, _ in plan for q in questions)
+
+
+def test_a_kind_with_fewer_warm_up_questions_than_requested_says_so(tiny_tokenizer, training_questions):
+    few = {**training_questions, "reasoning": training_questions["reasoning"][:5]}
+    demos, report = build_demos(tiny_tokenizer, few, COUNTS, SETTINGS, FixedSearch())
+    assert report.built["reasoning"] == 5 and report.short == {"reasoning": COUNTS["reasoning"] - 5}
+    assert "reasoning 5/12 (its warm-up split is 7 questions short)" in report.summary()
