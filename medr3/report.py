@@ -36,7 +36,7 @@ def write_report(out_dir: str | Path, readme: str = "") -> tuple[Path, Path]:
     _plot(records, final, png)
     md = out_dir / "summary.md"
     top = readme + "\n\n" if readme else ""
-    md.write_text(top + _summary(records) + final_eval_markdown(final), encoding="utf-8")
+    md.write_text(top + _summary(records) + "\n" + final_eval_markdown(final), encoding="utf-8")
     return png, md
 
 

@@ -82,3 +82,16 @@ def test_the_base_models_results_are_reused_only_for_the_same_files_and_settings
     assert first.reused is None and again.reused == cache
     assert again.per_question == first.per_question == {"cot": {"t": [1.0]}, "rag": {"t": [1.0]}}
     assert again.samples == first.samples and again.seconds == first.seconds
+
+
+def test_summary_md_puts_the_before_after_heading_on_its_own_paragraph(tmp_path):
+    from medr3.report import write_report
+
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"global_step": 1, "stage": "reasoning", "stage_step": 1, "reward/total": 0.5, "timing/step": 2.0})
+        + "\n"
+    )
+    write_result(tmp_path / "final_eval.json", "base", {"cot": {"mmlu": [0.0, 1.0]}}, {"mmlu": 25.0})
+    write_result(tmp_path / "final_eval.json", "final", {"cot": {"mmlu": [1.0, 1.0]}}, {"mmlu": 25.0})
+    summary = write_report(tmp_path)[1].read_text()
+    assert "min of step time.\n\n## Before / after" in summary
