@@ -52,9 +52,18 @@ def backward(engine, loss: torch.Tensor, boundary: bool) -> None:
 
 def step(engine) -> float:
     """Optimizer step (with gradient clipping); returns the global gradient norm before clipping."""
+    # Without ZeRO, DeepSpeed clips a client optimizer's fp32 gradients but keeps no norm (get_global_grad_norm is
+    # None), so it is measured here; the gradients are already reduced across ranks at the accumulation boundary.
+    own = None if engine.zero_optimization() else _grad_norm(engine.module)
     engine.step()
     norm = engine.get_global_grad_norm()
+    norm = own if norm is None else norm
     return float(norm) if norm is not None else 0.0
+
+
+def _grad_norm(module: torch.nn.Module) -> float | None:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
 
 
 def full_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor] | None:

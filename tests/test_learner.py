@@ -84,6 +84,17 @@ def fixed_batch(tokenizer, seed=0):
     return out
 
 
+def test_grad_norm_is_reported_without_zero_as_with_it(ray_cluster, tiny_config, tiny_tokenizer):
+    norms = {}
+    for stage in (0, 2):  # ZeRO-0 is the CPU default; DeepSpeed kept no norm there and the metric read 0.0
+        cfg = learner_config(tiny_config, zero_stage=stage, lr=1e-3)
+        cfg.learner.precision = "fp32"
+        group = LearnerGroup(cfg)
+        norms[stage] = group.train(fixed_batch(tiny_tokenizer, 2))["grad_norm"]
+        group.shutdown()
+    assert norms[0] > 0 and norms[0] == pytest.approx(norms[2], rel=1e-3), norms
+
+
 def test_checkpoint_round_trip_restores_weights_and_optimizer_state(learner, tiny_tokenizer, tmp_path):
     learner.train(fixed_batch(tiny_tokenizer, 1))  # give Adam some moments
     ckpts = CheckpointDir(tmp_path)
