@@ -339,6 +339,13 @@ class GRPOConfig(_Section):
     max_response_tokens: int = Field(14336, ge=8, description="Generated + inserted tokens per trajectory.")
     overlong_buffer: int = Field(3072, ge=0, description="DAPO overlong penalty buffer (the release: 3072 of 14336).")
     pipelined: bool = Field(False, description="Overlap generation of step t+1 with training of step t.")
+    skip_uniform_groups: bool = Field(
+        False,
+        description="Leave out of the learner step the groups whose rewards are all equal (DAPO's dynamic-sampling "
+        "filter, without re-drawing them): their advantages are all 0, so with kl_coef and entropy_coef 0 they add "
+        "no gradient, only tokens to the token mean's denominator (shrinking the other groups' share) and time; a "
+        "step with no group left skips the learner and the weight sync. The release trains on every group.",
+    )
 
     @field_validator("estimator")
     @classmethod

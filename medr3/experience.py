@@ -41,12 +41,23 @@ def advantages(totals: Sequence[float], n: int, estimator: str, eps: float) -> l
     return compute_advantages(rewards, estimator, eps).flatten().tolist()
 
 
-def train_samples(trajs: Sequence[Trajectory], advs: Sequence[float]) -> list[TrainSample]:
-    """Trajectories with at least one generated token become samples (an empty response teaches nothing)."""
+def uniform_groups(totals: Sequence[float], n: int, tol: float = 1e-6) -> list[bool]:
+    """Per group of `n`: whether its rewards are all equal, so that every advantage in it is 0 and its policy
+    gradient is nothing (all wrong alike, all right alike)."""
+    rewards = torch.tensor(totals, dtype=torch.float).view(-1, n)
+    return ((rewards.amax(1) - rewards.amin(1)) <= tol).tolist()
+
+
+def train_samples(
+    trajs: Sequence[Trajectory], advs: Sequence[float], n: int, skip: Sequence[bool] = ()
+) -> list[TrainSample]:
+    """Trajectories with at least one generated token become samples (an empty response teaches nothing), except
+    those of the groups (`n` trajectories each, in order) that `skip` marks."""
+    skipped = set(i for i, s in enumerate(skip) if s)
     return [
         TrainSample(t.prompt_ids + t.response_ids, len(t.prompt_ids), t.loss_mask, t.logprobs, a)
-        for t, a in zip(trajs, advs, strict=True)
-        if t.generated_tokens > 0
+        for i, (t, a) in enumerate(zip(trajs, advs, strict=True))
+        if t.generated_tokens > 0 and i // n not in skipped
     ]
 
 

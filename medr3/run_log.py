@@ -117,7 +117,7 @@ def progress_line(
         what = (
             f"reward {r.get('reward/total', 0):+.3f}  acc {r.get('rollout/accuracy', 0):.2f}  "
             f"format {r.get('rollout/format_rate', 0):.2f}  search {r.get('rollout/searches_per_traj', 0):.2f}  "
-            f"loss {r.get('train/loss', 0):+.4f}"
+            + (f"loss {r.get('train/loss', 0):+.4f}" if r.get("train/samples", 1) else "learner skipped")
         )
     job = (">" if job_floor and eta_job is not None else "") + duration(eta_job)
     when = f"{r.get('timing/step', 0):5.1f} s/step  ETA stage {duration(eta_stage)}  job {job}"

@@ -311,7 +311,7 @@ class ProgressiveTrainer:
         return demos
 
     def step(self, name: str, stage: StageConfig, questions: QuestionPool) -> dict:
-        from medr3.experience import advantages, reward_inputs, rollout_metrics, train_samples
+        from medr3.experience import advantages, reward_inputs, rollout_metrics, train_samples, uniform_groups
 
         self.timer, g, step = Timer(), self.config.grpo, self.pos["global_step"]
 
@@ -324,15 +324,22 @@ class ProgressiveTrainer:
         with self.timer("reward"):
             scores = self.score(reward_inputs(trajs, stage, self.config), stage.reward)
         with self.timer("advantage"):
-            advs = advantages(scores.totals, g.samples_per_prompt, g.estimator, g.advantage_eps)
-            samples = train_samples(trajs, advs)
-        with self.timer("train"):
-            train = self.learner.train(samples, seed=self.config.run.seed * 100_003 + step) if samples else {}
-        with self.timer("sync"):
-            self.sync()
+            n = g.samples_per_prompt
+            advs = advantages(scores.totals, n, g.estimator, g.advantage_eps)
+            uniform = uniform_groups(scores.totals, n)
+            samples = train_samples(trajs, advs, n, skip=uniform if g.skip_uniform_groups else ())
+        if samples:  # else the weights stay as they are: nothing to train, nothing to push
+            with self.timer("train"):
+                train = self.learner.train(samples, seed=self.config.run.seed * 100_003 + step)
+            with self.timer("sync"):
+                self.sync()
+        else:
+            train = {}
         self.pos["global_step"] += 1
         record = {"global_step": self.pos["global_step"], "stage": name, "stage_step": self.pos["stage_step"] + 1}
         record |= scores.metrics() | rollout_metrics(trajs) | {f"train/{k}": v for k, v in train.items()}
+        record["train/uniform_groups"] = sum(uniform) / len(uniform)
+        record["train/samples"] = len(samples)
         self.log.sample(
             {
                 "global_step": record["global_step"],

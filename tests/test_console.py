@@ -28,6 +28,8 @@ def test_a_step_line_shows_the_step_of_its_stage_its_metrics_and_both_etas():
     line = progress_line(record, 6, 36.0, 3725.0)
     assert line.startswith("[retrieval   3/6   | step    9] reward +0.500  acc 0.25  format 1.00  search 1.50")
     assert line.endswith("|  12.0 s/step  ETA stage 0:36  job 1:02:05")
+    tied = progress_line(record | {"train/samples": 0}, 6)
+    assert "search 1.50  learner skipped |" in tied  # every group tied: no loss to show
     warm = progress_line({"stage": "warmup", "stage_step": 1, "global_step": 1, "train/loss": 2.0}, 16)
     assert "sft loss 2.0000" in warm and warm.endswith("ETA stage ?  job ?")
     floor = progress_line({"stage": "warmup", "stage_step": 2, "global_step": 2}, 16, 28.0, 400.0, job_floor=True)

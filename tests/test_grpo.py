@@ -17,6 +17,23 @@ def test_grpo_advantage_is_group_zscore():
     assert adv[1].tolist() == [0.0, 0.0, 0.0, 0.0]  # all equal: no signal, no NaN
 
 
+def test_tied_groups_are_found_and_can_be_left_out_of_the_learner_batch():
+    from types import SimpleNamespace
+
+    from medr3.experience import train_samples, uniform_groups
+
+    totals = [0.5, 0.5, 0.5, 0.5, 1.0, 0.0, 0.0, 0.0, 0.2, 0.2 + 1e-9, 0.2, 0.2]
+    assert uniform_groups(totals, 4) == [True, False, True]  # float noise does not untie a group
+    trajs = [
+        SimpleNamespace(prompt_ids=[1], response_ids=[i], loss_mask=[1], logprobs=[-1.0], generated_tokens=1)
+        for i in range(12)
+    ]
+    advs = [0.0] * 4 + [1.5, -0.5, -0.5, -0.5] + [0.0] * 4
+    kept = train_samples(trajs, advs, 4, skip=uniform_groups(totals, 4))
+    assert [s.advantage for s in kept] == [1.5, -0.5, -0.5, -0.5]
+    assert len(train_samples(trajs, advs, 4)) == 12  # without `skip` every group trains
+
+
 def test_other_estimators_by_name():
     r = torch.tensor([[3.0, 1.0, 2.0]])
     assert compute_advantages(r, "drgrpo").tolist() == [[1.0, -1.0, 0.0]]

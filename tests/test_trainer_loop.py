@@ -33,9 +33,9 @@ EXPECTED = [("reasoning", 1), ("reasoning", 2), ("retrieval", 1), ("retrieval", 
 
 @pytest.fixture
 def config_for(tiny_model_dir):
-    def make(out_dir):
+    def make(out_dir, *extra):
         sets = [f"model.path={tiny_model_dir}", f"run.output_dir={out_dir}", "run.final_eval=false"]
-        return load_config(ROOT / "configs/tiny.yaml", [*sets, "run.checkpoint_every=1", *STAGES])
+        return load_config(ROOT / "configs/tiny.yaml", [*sets, "run.checkpoint_every=1", *STAGES, *extra])
 
     return make
 
@@ -66,6 +66,21 @@ def test_gate_ends_a_stage_early_and_every_stage_end_is_checkpointed(tmp_path, c
     last = json.loads(sorted((tmp_path / "checkpoints").glob("step-*"))[-1].joinpath("meta.json").read_text())
     assert last["global_step"] == 5 and last["stage_index"] == 4  # past the last stage: a rerun has nothing to do
     assert (tmp_path / "summary.md").exists()
+
+
+def test_tied_groups_leave_the_weights_alone_when_skipped_and_train_otherwise(tmp_path, config_for, tiny_tokenizer):
+    # The fake generator writes the same response to every prompt: each group's four rewards are equal.
+    workers = run(config_for(tmp_path / "skip", "grpo.skip_uniform_groups=true"), tiny_tokenizer)
+    rows = lines(tmp_path / "skip" / "metrics.jsonl")
+    assert [(r["stage"], r["stage_step"]) for r in rows] == EXPECTED
+    assert all(r["train/uniform_groups"] == 1.0 and r["train/samples"] == 0 for r in rows)
+    assert workers.learner.steps == 0 and workers.generators.version == 0  # no update, nothing pushed
+    assert all("timing/train" not in r and "train/loss" not in r for r in rows)
+
+    workers = run(config_for(tmp_path / "all"), tiny_tokenizer)  # the release's way: every group trains
+    rows = lines(tmp_path / "all" / "metrics.jsonl")
+    assert all(r["train/uniform_groups"] == 1.0 and r["train/samples"] == 8 for r in rows)
+    assert workers.learner.steps == 5
 
 
 def test_a_killed_run_resumes_mid_gate_with_the_same_steps_and_data(tmp_path, config_for, tiny_tokenizer):
