@@ -75,6 +75,12 @@ class RunConfig(_Section):
         description="Evaluate the base model (at the start) and the final checkpoint (at the end) on the same fixed "
         "slice with the same seeds; written to final_eval.json, summary.md and report.png.",
     )
+    warmup_eval: bool = Field(
+        False,
+        description="With final_eval and a warm start: evaluate the warm start's model too, on the same slice with "
+        "the same seeds, as soon as the warm start ends, so that the before/after splits into the warm start's gain "
+        "and the GRPO stages' (one more evaluation: ~2.5 min of the CPU default).",
+    )
     final_eval_tasks: list[EvalTaskName] = Field(
         default_factory=lambda: ["mmlu", "pubmedqa"],
         description="Evaluation tasks of the before/after comparison (names from `pipelines/evaluate.py --tasks`).",

@@ -1,5 +1,6 @@
-"""The before/after comparison that ends every run: the base model and the final checkpoint on the same fixed slice of
-held-out questions, with the same sampling seeds, in both modes (no retrieval, retrieval-augmented).
+"""The before/after comparison that ends every run: the base model and the final checkpoint (and, with
+`run.warmup_eval`, the warm start's model) on the same fixed slice of held-out questions, with the same sampling
+seeds, in both modes (no retrieval, retrieval-augmented).
 
 Generation stays outside: `evaluate_slice` takes a `run_chunk(questions, search) -> trajectories` callable (the job's
 own generator and search pools), so this module is Ray-free and unit-testable. Accuracies are in percent, with 95 %
@@ -99,9 +100,9 @@ def summarize(per_question: dict[str, dict[str, list[float]]]) -> tuple[dict, di
 
 
 def write_result(path: Path, key: str, per_question: dict[str, dict[str, list[float]]], chance: dict) -> dict:
-    """Add `key` ("base" or "final") to `final_eval.json` (kept whole: written to a temporary file and renamed):
-    `{"base": {mode: {task: acc, "average": acc}}, "final": {…}, "chance": {task: acc}, "intervals": {key: …},
-    "per_question": {key: …}}`, accuracies in percent."""
+    """Add `key` ("base", "warmup" or "final") to `final_eval.json` (kept whole: written to a temporary file and
+    renamed): `{"base": {mode: {task: acc, "average": acc}}, "final": {…}, "chance": {task: acc}, "intervals":
+    {key: …}, "per_question": {key: …}}`, accuracies in percent."""
     from medr3.atomic import write_text_atomic
 
     data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -169,25 +170,49 @@ def evaluate_cached(tasks: Sequence[EvalTask], limit: int, run_chunk: RunChunk, 
 
 
 def markdown(data: dict) -> str:
-    """Base vs final per mode and task, with 95 % intervals and chance level."""
+    """Base vs final per mode and task, with 95 % intervals and chance level; with a `warmup` evaluation, the warm
+    start's model between them and the gain split into the warm start's and the GRPO stages'. A difference's interval
+    is paired (it bootstraps the per-question differences), so it is narrower than the two accuracies' intervals."""
     if "base" not in data or "final" not in data:
         return ""
+    warm = "warmup" in data
+    head = "| task | chance % | base % [95 % CI] |" + (" warm start % [95 % CI] |" if warm else "")
+    head += " final % [95 % CI] | Δ points [95 % CI] |" + (" Δ since warm start [95 % CI] |" if warm else "")
     lines = ["## Before / after (held-out questions, same seeds)", ""]
     for mode in MODES:
         if mode not in data["final"]:
             continue
         title = "no retrieval (cot)" if mode == "cot" else "retrieval-augmented (rag)"
-        lines += [f"**{title}**", "", "| task | chance % | base % [95 % CI] | final % [95 % CI] | Δ points |"]
-        lines.append("|---|---:|---:|---:|---:|")
+        lines += [f"**{title}**", "", head, "|---|" + "---:|" * (head.count("|") - 2)]
         for task, final in data["final"][mode].items():
             base = data["base"][mode].get(task, 0.0)
             chance = data["chance"].get(task) if task != "average" else _mean(data["chance"].values())
-            lines.append(
-                f"| {task} | {chance:.1f} | {base:.1f} {_ci(data, 'base', mode, task)} | "
-                f"{final:.1f} {_ci(data, 'final', mode, task)} | {final - base:+.1f} |"
-            )
+            row = f"| {task} | {chance:.1f} | {base:.1f} {_ci(data, 'base', mode, task)} |"
+            if warm:
+                row += f" {data['warmup'][mode].get(task, 0.0):.1f} {_ci(data, 'warmup', mode, task)} |"
+            row += f" {final:.1f} {_ci(data, 'final', mode, task)} |"
+            row += f" {final - base:+.1f}{_gain_ci(data, 'base', mode, task)} |"
+            if warm:
+                gain = final - data["warmup"][mode].get(task, 0.0)
+                row += f" {gain:+.1f}{_gain_ci(data, 'warmup', mode, task)} |"
+            lines.append(row)
         lines.append("")
     return "\n".join(lines)
+
+
+def _gain_ci(data: dict, since: str, mode: str, task: str) -> str:
+    """' [low, high]': the paired 95 % interval of final − `since` on the same questions ('' without them)."""
+    per_question = data.get("per_question", {})
+    try:
+        by_task = {
+            k: list(zip(per_question["final"][mode][k], per_question[since][mode][k], strict=True))
+            for k in per_question["final"][mode]
+        }
+    except (KeyError, ValueError):
+        return ""
+    pairs = list(by_task.values()) if task == "average" else [by_task.get(task, [])]
+    low, high = bootstrap_interval([[f - b for f, b in p] for p in pairs])
+    return f" [{low:+.1f}, {high:+.1f}]"
 
 
 def _ci(data: dict, key: str, mode: str, task: str) -> str:

@@ -84,17 +84,22 @@ def _plot(records: list[dict], final: dict, path: Path) -> None:
 
 
 def _plot_before_after(ax, final: dict) -> None:
-    """Bars: base and final accuracy per mode (macro average over tasks) with 95 % intervals; chance as a line."""
+    """Bars: base, warm start (when evaluated) and final accuracy per mode (macro average over tasks) with 95 %
+    intervals; chance as a line."""
     ax.set_title("before / after: accuracy % (95 % CI)")
     if "base" not in final or "final" not in final:
         ax.text(0.5, 0.5, "no before/after evaluation", ha="center", va="center", transform=ax.transAxes)
         return
     modes = [m for m in MODES if m in final["final"]]
-    for offset, key, color in ((-0.2, "base", "tab:grey"), (0.2, "final", "tab:purple")):
+    bars = [("base", "tab:grey"), ("warmup", "tab:olive"), ("final", "tab:purple")]
+    bars = [(key, color) for key, color in bars if key in final]
+    width = 0.8 / len(bars)
+    for n, (key, color) in enumerate(bars):
         values = [final[key][m]["average"] for m in modes]
         bounds = [final["intervals"][key][m]["average"] for m in modes]
         errors = [[v - lo for v, (lo, _) in zip(values, bounds)], [hi - v for v, (_, hi) in zip(values, bounds)]]
-        ax.bar([i + offset for i in range(len(modes))], values, 0.4, yerr=errors, capsize=4, label=key, color=color)
+        xs = [i + (n - (len(bars) - 1) / 2) * width for i in range(len(modes))]
+        ax.bar(xs, values, width, yerr=errors, capsize=4, label=key, color=color)
     chance = sum(final["chance"].values()) / max(len(final["chance"]), 1)
     ax.axhline(chance, color="grey", linestyle="--", label="chance")
     ax.set_xticks(range(len(modes)), modes)

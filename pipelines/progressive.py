@@ -198,6 +198,8 @@ class ProgressiveTrainer:
         if self.pos["stage_index"] == 0 and warmup.steps:
             self.warmup()
         self.pos["stage_index"] = max(self.pos["stage_index"], 1)
+        if self.wants_warmup_eval() and self.pos["stage_index"] == 1 and self.pos["stage_step"] == 0:
+            self.final_eval("warmup")  # the generators hold the warm start's weights: no GRPO step yet
         for index, (name, stage) in enumerate(self.config.stages.ordered(), start=1):
             if index < self.pos["stage_index"] or stage.steps == 0:
                 continue
@@ -370,7 +372,8 @@ class ProgressiveTrainer:
         steps, stage = stage_steps(self.config), record["stage"]
         left = {stage: steps[stage] - record["stage_step"]}
         later = {name: steps[name] for name in ALL_STAGES[ALL_STAGES.index(stage) + 1 :]}
-        final_eval = self.eval_s if self.config.run.final_eval else 0.0
+        evals = self.config.run.final_eval + (stage == WARMUP and self.wants_warmup_eval())
+        final_eval = self.eval_s * evals
         job = self.clock.remaining(left | later, final_eval)
         if job is not None:
             return self.clock.remaining(left), job, False
@@ -465,13 +468,19 @@ class ProgressiveTrainer:
             return None
         return lambda queries: self.search.batch_search(queries, k=self.config.retriever.top_k)
 
+    def wants_warmup_eval(self) -> bool:
+        """`run.warmup_eval` applies (a warm start, a before/after) and its result is not written yet."""
+        run, warmup = self.config.run, self.config.stages.warmup
+        return run.final_eval and run.warmup_eval and warmup.steps > 0 and not self.evaluated("warmup")
+
     def evaluated(self, key: str) -> bool:
         path = self.out / "final_eval.json"
         return path.exists() and key in json.loads(path.read_text(encoding="utf-8"))
 
     def final_eval(self, key: str) -> None:
-        """`key` = base or final: the generators' current model on the fixed slice, same seeds for both. The base
-        model's results are reused from `run.base_eval_cache` when an earlier run had the same model and settings."""
+        """`key` = base, warmup or final: the generators' current model on the fixed slice, same seeds for all. The
+        base model's results are reused from `run.base_eval_cache` when an earlier run had the same model and
+        settings."""
         from medr3.evaluation import eval_tasks
         from medr3.final_eval import chance_level, evaluate_cached, markdown, write_result, write_samples
         from medr3.rollout import Rollout, RolloutSettings

@@ -28,7 +28,21 @@ def test_final_is_added_beside_base_and_the_table_shows_the_difference(tmp_path)
     data = write_result(path, "final", {"cot": {"mmlu": [1.0, 1.0, 0.0, 1.0]}}, chance)
     assert json.loads(path.read_text())["base"]["cot"]["mmlu"] == 25.0
     assert data["final"]["cot"]["mmlu"] == 75.0
-    assert "| mmlu | 25.0 | 25.0 " in markdown(data) and "+50.0 |" in markdown(data)
+    assert "| mmlu | 25.0 | 25.0 " in markdown(data) and "+50.0 [" in markdown(data)
+    assert "warm start" not in markdown(data)  # no warm-start evaluation: no column for it
+
+
+def test_a_warm_start_evaluation_splits_the_gain_with_paired_intervals(tmp_path):
+    path, chance = tmp_path / "final_eval.json", {"mmlu": 25.0}
+    write_result(path, "base", {"cot": {"mmlu": [0.0] * 8}}, chance)
+    write_result(path, "warmup", {"cot": {"mmlu": [1.0, 0.0] * 4}}, chance)
+    data = write_result(path, "final", {"cot": {"mmlu": [1.0, 0.0] * 4}}, chance)
+    row = next(line for line in markdown(data).splitlines() if line.startswith("| mmlu"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3].startswith("50.0 [") and cells[4].startswith("50.0 [")  # warm start, final
+    assert cells[5].startswith("+50.0 [") and cells[6] == "+0.0 [+0.0, +0.0]"  # the same answers: no GRPO gain
+    # Unpaired, the two 50 % accuracies' intervals overlap widely; paired, every question's difference is 0.
+    assert "| Δ since warm start [95 % CI] |" in markdown(data)
 
 
 def test_samples_of_a_model_are_replaced_not_appended_when_it_is_evaluated_again(tmp_path):

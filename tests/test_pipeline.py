@@ -258,7 +258,8 @@ def test_pipelined_mode_trains_every_step_once(ray_cluster, tmp_path, tiny_model
 @pytest.mark.slow
 @needs_index
 def test_warm_start_then_stages_end_with_a_before_after_evaluation(ray_cluster, tmp_path, tiny_model_dir):
-    args = job_args(tmp_path, steps=(1, 1, 0), warmup=2, final_eval=True, extra=[f"model.path={tiny_model_dir}"])
+    extra = [f"model.path={tiny_model_dir}", "run.warmup_eval=true"]
+    args = job_args(tmp_path, steps=(1, 1, 0), warmup=2, final_eval=True, extra=extra)
     out = finish(start(args, ray_cluster))
     rows = records(tmp_path)
     assert [(r["stage"], r["stage_step"]) for r in rows] == [("warmup", 1), ("warmup", 2), ("reasoning", 1),
@@ -266,22 +267,23 @@ def test_warm_start_then_stages_end_with_a_before_after_evaluation(ray_cluster, 
     assert all(r["train/loss"] > 0 and r["train/tokens_per_s"] > 0 for r in rows[:2])
     assert "train/logprob_gap" in rows[2]
     result = json.loads((tmp_path / "final_eval.json").read_text())
-    for key in ("base", "final"):
+    for key in ("base", "warmup", "final"):
         for mode in ("cot", "rag"):
             assert set(result[key][mode]) == {"mmlu", "pubmedqa", "average"}
             assert all(0 <= v <= 100 for v in result[key][mode].values())
     assert result["chance"]["mmlu"] == pytest.approx(25.0) and result["chance"]["pubmedqa"] == pytest.approx(100 / 3)
     samples = [json.loads(line) for line in (tmp_path / "final_eval_samples.jsonl").read_text().splitlines()]
     limit = 8  # configs/tiny.yaml run.final_eval_limit
-    assert len(samples) == 2 * 2 * 2 * limit  # base and final × cot and rag × two tasks
-    for key in ("base", "final"):  # the samples agree with the accuracies they explain
+    assert len(samples) == 3 * 2 * 2 * limit  # base, warm start and final × cot and rag × two tasks
+    for key in ("base", "warmup", "final"):  # the samples agree with the accuracies they explain
         mine = [s for s in samples if s["model"] == key and s["mode"] == "cot" and s["task"] == "mmlu"]
         assert 100 * sum(s["correct"] for s in mine) / limit == pytest.approx(result[key]["cot"]["mmlu"])
     assert (
         "Before / after" in (tmp_path / "summary.md").read_text()
         and "| warmup | 2 |" in (tmp_path / "summary.md").read_text()
     )
-    assert "[eval] base:" in out and "[eval] final:" in out
+    positions = [out.index(line) for line in ("[eval] base:", "[eval] warmup:", "[reasoning", "[eval] final:")]
+    assert positions == sorted(positions)  # the warm start's model is evaluated before any GRPO step
 
 
 @pytest.mark.slow

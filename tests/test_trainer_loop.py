@@ -83,6 +83,26 @@ def test_tied_groups_leave_the_weights_alone_when_skipped_and_train_otherwise(tm
     assert workers.learner.steps == 5
 
 
+def test_a_warm_start_evaluation_runs_once_between_the_warm_start_and_the_first_grpo_step(
+    tmp_path, config_for, tiny_tokenizer, capsys
+):
+    sets = ["stages.warmup.steps=2", "run.final_eval=true", "run.warmup_eval=true", "run.base_eval_cache=null"]
+    run(config_for(tmp_path, *sets), tiny_tokenizer)
+    out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    order = [line.split()[0] + (line.split()[1] if line.startswith("[eval]") else "") for line in out]
+    first_grpo = order.index("[reasoning")
+    assert order.index("[eval]base:") < order.index("[warmup") < order.index("[eval]warmup:") < first_grpo
+    assert order.index("[eval]final:") > first_grpo and order.count("[eval]warmup:") == 1
+    result = json.loads((tmp_path / "final_eval.json").read_text())
+    assert {"base", "warmup", "final"} <= set(result) and set(result["warmup"]) == {"cot", "rag"}
+    samples = [json.loads(line) for line in (tmp_path / "final_eval_samples.jsonl").read_text().splitlines()]
+    assert {s["model"] for s in samples} == {"base", "warmup", "final"}
+    assert "| warm start % [95 % CI] |" in (tmp_path / "summary.md").read_text()
+
+    run(config_for(tmp_path, *sets), tiny_tokenizer)  # resumed with nothing left: not evaluated again
+    assert "[eval] warmup:" not in capsys.readouterr().out
+
+
 def test_a_killed_run_resumes_mid_gate_with_the_same_steps_and_data(tmp_path, config_for, tiny_tokenizer):
     whole = run(config_for(tmp_path / "whole"), tiny_tokenizer)
     killed = tmp_path / "killed"
