@@ -91,19 +91,21 @@ def _plot_before_after(ax, final: dict) -> None:
         ax.text(0.5, 0.5, "no before/after evaluation", ha="center", va="center", transform=ax.transAxes)
         return
     modes = [m for m in MODES if m in final["final"]]
-    bars = [("base", "tab:grey"), ("warmup", "tab:olive"), ("final", "tab:purple")]
-    bars = [(key, color) for key, color in bars if key in final]
+    bars = [("base", "base", "tab:grey"), ("warmup", "warm start", "tab:olive"), ("final", "final", "tab:purple")]
+    bars = [(key, label, color) for key, label, color in bars if key in final]
     width = 0.8 / len(bars)
-    for n, (key, color) in enumerate(bars):
+    for n, (key, label, color) in enumerate(bars):
         values = [final[key][m]["average"] for m in modes]
         bounds = [final["intervals"][key][m]["average"] for m in modes]
         errors = [[v - lo for v, (lo, _) in zip(values, bounds)], [hi - v for v, (_, hi) in zip(values, bounds)]]
         xs = [i + (n - (len(bars) - 1) / 2) * width for i in range(len(modes))]
-        ax.bar(xs, values, width, yerr=errors, capsize=4, label=key, color=color)
+        ax.bar(xs, values, width, yerr=errors, capsize=4, label=label, color=color)
     chance = sum(final["chance"].values()) / max(len(final["chance"]), 1)
     ax.axhline(chance, color="grey", linestyle="--", label="chance")
     ax.set_xticks(range(len(modes)), modes)
-    ax.legend()
+    top = max(hi for key, _, _ in bars for m in modes for _, hi in [final["intervals"][key][m]["average"]])
+    ax.set_ylim(0, max(top, chance) * 1.3 + 1)  # headroom: the legend sits above the bars, not over them
+    ax.legend(loc="upper center", ncol=len(bars) + 1, fontsize="small")
 
 
 def _summary(records: list[dict]) -> str:
