@@ -53,7 +53,7 @@ def train_samples(
 ) -> list[TrainSample]:
     """Trajectories with at least one generated token become samples (an empty response teaches nothing), except
     those of the groups (`n` trajectories each, in order) that `skip` marks."""
-    skipped = set(i for i, s in enumerate(skip) if s)
+    skipped = {i for i, s in enumerate(skip) if s}
     return [
         TrainSample(t.prompt_ids + t.response_ids, len(t.prompt_ids), t.loss_mask, t.logprobs, a)
         for i, (t, a) in enumerate(zip(trajs, advs, strict=True))

@@ -103,7 +103,7 @@ def _plot_before_after(ax, final: dict) -> None:
     chance = sum(final["chance"].values()) / max(len(final["chance"]), 1)
     ax.axhline(chance, color="grey", linestyle="--", label="chance")
     ax.set_xticks(range(len(modes)), modes)
-    top = max(hi for key, _, _ in bars for m in modes for _, hi in [final["intervals"][key][m]["average"]])
+    top = max(final["intervals"][key][m]["average"][1] for key, _, _ in bars for m in modes)
     ax.set_ylim(0, max(top, chance) * 1.3 + 1)  # headroom: the legend sits above the bars, not over them
     ax.legend(loc="upper center", ncol=len(bars) + 1, fontsize="small")
 
