@@ -36,7 +36,8 @@ KINDS = ("reasoning", "mcq", "search")
 QUERY_WORDS = 16  # a search query is the question capped to this many words
 QUOTE_WORDS = 30
 
-# Fixed phrasings, one picked per question: enough variety that the model does not learn a single string.
+# Fixed phrasings, one picked per question: enough variety that the model does not learn a single string. The letter
+# comes first: naming the option's text first made SmolLM2 paraphrase options and mislabel them (docs/method.md §2).
 _MCQ_NOTES = (
     "Option {letter}, {text}, fits best.",
     "Weighing the options, {letter} ({text}) is the most accurate.",

@@ -496,13 +496,19 @@ class ProgressiveTrainer:
             settings,
         )
         cache = self.base_cache(tasks, settings) if key == "base" else None
+        if cache is None or not cache.exists():  # minutes of generation: say so, or the console looks stuck
+            expect = f"; the last evaluation took {max(1, round(self.eval_s / 60))} min" if self.eval_s else ""
+            say(
+                f"[eval] {key}: {run.final_eval_limit} questions of {', '.join(t.name for t in tasks)}, "
+                f"without and with search{expect} …"
+            )
         result = evaluate_cached(tasks, run.final_eval_limit, lambda qs, s: rollout.run(qs, 1, search=s), cache)
         write_samples(self.out / "final_eval_samples.jsonl", key, result.samples)
         data = write_result(
             self.out / "final_eval.json", key, result.per_question, chance_level(tasks, run.final_eval_limit)
         )
         averages = ", ".join(f"{mode} {data[key][mode]['average']:.1f}%" for mode in data[key])
-        self.eval_s = result.seconds  # the final evaluation's ETA: as long as the base one took when it ran
+        self.eval_s = result.seconds  # the next evaluation's ETA: as long as this one took
         origin = f"reused from {result.reused.name}" if result.reused else f"{result.seconds:.0f}s"
         say(f"[eval] {key}: {averages} ({origin})")
         if key == "final":

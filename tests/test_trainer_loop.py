@@ -89,6 +89,9 @@ def test_a_warm_start_evaluation_runs_once_between_the_warm_start_and_the_first_
     sets = ["stages.warmup.steps=2", "run.final_eval=true", "run.warmup_eval=true", "run.base_eval_cache=null"]
     run(config_for(tmp_path, *sets), tiny_tokenizer)
     out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    started = [line.split()[1] for line in out if line.startswith("[eval]") and line.endswith("…")]
+    assert started == ["base:", "warmup:", "final:"]  # minutes of generation each: announced, not silent
+    out = [line for line in out if not line.endswith("…")]
     order = [line.split()[0] + (line.split()[1] if line.startswith("[eval]") else "") for line in out]
     first_grpo = order.index("[reasoning")
     assert order.index("[eval]base:") < order.index("[warmup") < order.index("[eval]warmup:") < first_grpo
