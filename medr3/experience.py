@@ -48,6 +48,12 @@ def uniform_groups(totals: Sequence[float], n: int, tol: float = 1e-6) -> list[b
     return ((rewards.amax(1) - rewards.amin(1)) <= tol).tolist()
 
 
+def group_means(totals: Sequence[float], n: int) -> list[float]:
+    """Each group's mean reward (one per prompt, in order): the units a change in a stage's reward is measured in,
+    since which questions a step drew moves its mean more than anything else (summary.md's interval)."""
+    return torch.tensor(totals, dtype=torch.float).view(-1, n).mean(1).tolist()
+
+
 def train_samples(
     trajs: Sequence[Trajectory], advs: Sequence[float], n: int, skip: Sequence[bool] = ()
 ) -> list[TrainSample]:

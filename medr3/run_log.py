@@ -34,7 +34,8 @@ class MetricsLog:
         self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=keep_through + 1)
 
     def log(self, record: dict) -> None:
-        """`record` holds `global_step`, `stage`, `stage_step` and float metrics."""
+        """`record` holds `global_step`, `stage`, `stage_step` and float metrics; a list (a step's per-group rewards)
+        goes to metrics.jsonl only."""
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         step = record["global_step"]

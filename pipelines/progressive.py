@@ -313,7 +313,14 @@ class ProgressiveTrainer:
         return demos
 
     def step(self, name: str, stage: StageConfig, questions: QuestionPool) -> dict:
-        from medr3.experience import advantages, reward_inputs, rollout_metrics, train_samples, uniform_groups
+        from medr3.experience import (
+            advantages,
+            group_means,
+            reward_inputs,
+            rollout_metrics,
+            train_samples,
+            uniform_groups,
+        )
 
         self.timer, g, step = Timer(), self.config.grpo, self.pos["global_step"]
 
@@ -342,6 +349,7 @@ class ProgressiveTrainer:
         record |= scores.metrics() | rollout_metrics(trajs) | {f"train/{k}": v for k, v in train.items()}
         record["train/uniform_groups"] = sum(uniform) / len(uniform)
         record["train/samples"] = len(samples)
+        record["reward/group_means"] = group_means(scores.totals, n)
         self.log.sample(
             {
                 "global_step": record["global_step"],

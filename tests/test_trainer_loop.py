@@ -61,6 +61,9 @@ def test_gate_ends_a_stage_early_and_every_stage_end_is_checkpointed(tmp_path, c
     assert [r["global_step"] for r in rows] == [1, 2, 3, 4, 5] and workers.learner.steps == 5
     assert [r["weights_version"] for r in rows] == [1, 2, 3, 4, 5] and workers.generators.version == 5
     assert all(r["rollout/format_rate"] == 1.0 and "reward/total" in r and "timing/train" in r for r in rows)
+    # one mean reward per prompt (configs/tiny.yaml: 2 a step), whose mean is the step's: summary.md's interval
+    assert all(len(r["reward/group_means"]) == 2 for r in rows)
+    assert all(sum(r["reward/group_means"]) / 2 == pytest.approx(r["reward/total"]) for r in rows)
     assert [r["rollout/searches_per_traj"] for r in rows] == [0, 0, 1, 1, 1]  # the reasoning stage never searches
     assert len(workers.ray_metrics.records) == 5
     last = json.loads(sorted((tmp_path / "checkpoints").glob("step-*"))[-1].joinpath("meta.json").read_text())
