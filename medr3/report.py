@@ -159,8 +159,8 @@ def _thirds(rows: list[dict], key: str) -> str:
 
 def change_interval(first: Sequence[float], last: Sequence[float], seed: int = 0) -> tuple[float, float]:
     """95 % percentile-bootstrap interval of mean(`last`) − mean(`first`), resampling each side's groups (a prompt's
-    mean reward). A change inside it is what the questions drawn and their samples alone could give: at 4 prompts
-    a step, two runs of the same steps on the same weights differed by 0.3 at one step (docs/method.md §3)."""
+    mean reward). One that holds 0 is a change the questions drawn and their samples could give alone: at 4 prompts
+    a step, two runs of the same step on the same weights differed by 0.3 (docs/method.md §3)."""
     rng = random.Random(seed)
     changes = sorted(
         statistics.fmean(rng.choices(last, k=len(last))) - statistics.fmean(rng.choices(first, k=len(first)))
