@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medr3.config import STAGE_NAMES
 from medr3.console import short_path
-from medr3.final_eval import BOOTSTRAP_SAMPLES, MODES
+from medr3.final_eval import BOOTSTRAP_SAMPLES, MODES, percentile_interval
 from medr3.final_eval import markdown as final_eval_markdown
 from medr3.run_log import read_metrics
 
@@ -162,11 +162,10 @@ def change_interval(first: Sequence[float], last: Sequence[float], seed: int = 0
     mean reward). One that holds 0 is a change the questions drawn and their samples could give alone: at 4 prompts
     a step, two runs of the same step on the same weights differed by 0.3 (docs/method.md §3)."""
     rng = random.Random(seed)
-    changes = sorted(
+    return percentile_interval(
         statistics.fmean(rng.choices(last, k=len(last))) - statistics.fmean(rng.choices(first, k=len(first)))
         for _ in range(BOOTSTRAP_SAMPLES)
     )
-    return changes[int(0.025 * BOOTSTRAP_SAMPLES)], changes[int(0.975 * BOOTSTRAP_SAMPLES) - 1]
 
 
 def _flat(lists: Sequence[Sequence[float]]) -> list[float]:
